@@ -1,0 +1,140 @@
+//! The parts of the Admin API's JSON that the exporter reads, decoded tolerantly: unknown fields are
+//! ignored, and every field that the API documents as nullable or added later may be absent or null.
+
+use serde::Deserialize;
+
+/// One page of a cursor-paginated list (`data`, `has_more`, `last_id`).
+#[derive(Debug, Deserialize)]
+pub struct Page<T> {
+    /// Required: a body without it is not a page, and treating it as an empty one would make every
+    /// key vanish.
+    pub data: Vec<T>,
+    #[serde(default)]
+    pub has_more: bool,
+    #[serde(default)]
+    pub last_id: Option<String>,
+}
+
+/// An API key as `GET /v1/organizations/api_keys` returns it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub created_at: String,
+    #[serde(default)]
+    pub created_by: Option<Actor>,
+    /// `None` means the key never expires.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Deprecated by the API in favour of `scope`, but still sent; null both for Default-workspace keys
+    /// and for keys without a workspace.
+    #[serde(default)]
+    pub workspace_id: Option<String>,
+    #[serde(default)]
+    pub scope: Option<Scope>,
+}
+
+/// Who created a key. Both fields are typed loosely because older API versions sent free text.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Actor {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// What a key is bound to: a workspace (`workspace_id` is then the real id, even for the Default
+/// workspace) or the whole organization.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Scope {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub workspace_id: Option<String>,
+}
+
+/// A workspace as `GET /v1/organizations/workspaces` returns it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Workspace {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The organization the admin key belongs to (`GET /v1/organizations/me`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Organization {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The error envelope of the Anthropic API: `{"type":"error","error":{"type","message"},"request_id"}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ErrorEnvelope {
+    #[serde(default)]
+    pub(crate) error: Option<ErrorBody>,
+    #[serde(default)]
+    pub(crate) request_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ErrorBody {
+    #[serde(default, rename = "type")]
+    pub(crate) kind: Option<String>,
+    #[serde(default)]
+    pub(crate) message: Option<String>,
+}
+
+/// Everything one poll learns about an organization, exactly as the API returned it.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    pub organization: Organization,
+    pub workspaces: Vec<Workspace>,
+    pub api_keys: Vec<ApiKey>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_documented_key_shape_decodes() {
+        let key: ApiKey = serde_json::from_str(
+            r#"{"id":"apikey_1","type":"api_key","name":"k","created_at":"2024-10-30T23:58:27.427722Z",
+                "created_by":{"id":"user_1","type":"user"},"partial_key_hint":"sk-ant-api03-R2D...igAA",
+                "status":"active","workspace_id":null}"#,
+        )
+        .unwrap();
+        assert!(key.expires_at.is_none() && key.scope.is_none() && key.workspace_id.is_none());
+    }
+
+    #[test]
+    fn nulls_unknown_fields_and_both_principal_shapes_decode() {
+        for principal in [
+            r#"{"type":"user_actor","user_id":"user_1"}"#,
+            r#"{"id":"user_1","type":"user"}"#,
+            "null",
+        ] {
+            let json = format!(
+                r#"{{"id":"apikey_1","name":null,"created_at":"2024-10-30T23:58:27Z","created_by":null,
+                    "expires_at":null,"partial_key_hint":null,"principal":{principal},"scope":null,
+                    "status":"brand_new_status","workspace_id":null,"something_new":{{"nested":[1,2]}}}}"#
+            );
+            let key: ApiKey = serde_json::from_str(&json).unwrap();
+            assert_eq!(key.status.as_deref(), Some("brand_new_status"));
+            assert!(key.created_by.is_none() && key.name.is_none());
+        }
+    }
+
+    #[test]
+    fn a_page_without_data_is_an_error_not_an_empty_page() {
+        assert!(serde_json::from_str::<Page<ApiKey>>(r#"{"has_more":false}"#).is_err());
+        let page: Page<Workspace> =
+            serde_json::from_str(r#"{"data":[],"first_id":null,"last_id":null}"#).unwrap();
+        assert!(!page.has_more && page.last_id.is_none());
+    }
+}

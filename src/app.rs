@@ -1,0 +1,215 @@
+//! Wiring: builds the poller, the metrics and the HTTP server from a [`Config`], binds the socket, and
+//! runs everything until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::admin_api::AdminApiClient;
+use crate::config::Config;
+use crate::demo::{self, FakeAdminApi};
+use crate::http::{AppState, router};
+use crate::metrics::{ExporterMetrics, build_registry};
+use crate::poller::{Poller, PollerHealth};
+use crate::secret::{AdminKey, AdminKeySource};
+use crate::snapshot::SnapshotStore;
+
+/// How long in-flight HTTP requests may take to finish once shutdown has begun.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the exporter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the demo Admin API: {0}")]
+    Demo(String),
+    #[error("cannot set up the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot set up the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
+/// Why the exporter stopped on its own rather than on a shutdown signal.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the HTTP server failed: {0}")]
+    Server(#[source] std::io::Error),
+    #[error("the HTTP server task ended unexpectedly: {0}")]
+    ServerTask(#[source] tokio::task::JoinError),
+    #[error("the background poller stopped unexpectedly")]
+    PollerStopped,
+}
+
+/// A built, bound, not yet running exporter.
+#[derive(Debug)]
+pub struct App {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+    pollers: Vec<Poller>,
+    shutdown: CancellationToken,
+    base_url: Url,
+    config: Config,
+}
+
+impl App {
+    /// Builds the exporter and binds its socket (port 0 picks a free port, see [`App::local_addr`]).
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let shutdown = CancellationToken::new();
+        let (base_url, key_source) = match &config.admin_key {
+            Some(source) if !config.demo => (config.base_url.clone(), source.clone()),
+            _ => {
+                let dataset = demo::demo_dataset(time::OffsetDateTime::now_utc());
+                let fake = FakeAdminApi::start(dataset, shutdown.child_token())
+                    .await
+                    .map_err(|error| StartupError::Demo(error.to_string()))?;
+                let base_url = fake
+                    .base_url()
+                    .map_err(|error| StartupError::Demo(error.to_string()))?;
+                let key = AdminKey::parse(demo::DEMO_ADMIN_KEY, "demo")
+                    .map_err(|error| StartupError::Demo(error.to_string()))?;
+                (base_url, AdminKeySource::Fixed(key))
+            }
+        };
+
+        let organizations = [config.organization.as_str()];
+        let metrics = Arc::new(ExporterMetrics::new(organizations)?);
+        let store = Arc::new(SnapshotStore::new(organizations));
+        let registry = build_registry(&metrics, Arc::clone(&store))?;
+        let client = AdminApiClient::new(
+            &base_url,
+            key_source,
+            &config.poll,
+            &config.organization,
+            Arc::clone(&metrics),
+        )?;
+        let poller = Poller::new(
+            &config.organization,
+            client,
+            Arc::clone(&store),
+            metrics,
+            config.poll.interval,
+            config.poll.deadline,
+        );
+
+        let listener = TcpListener::bind(config.listen_address)
+            .await
+            .map_err(|source| StartupError::Bind {
+                address: config.listen_address,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            address: config.listen_address,
+            source,
+        })?;
+        let state = AppState {
+            registry,
+            store,
+            health: Arc::new(PollerHealth::default()),
+            telemetry_path: config.telemetry_path.clone(),
+        };
+        Ok(Self {
+            listener,
+            local_addr,
+            state,
+            pollers: vec![poller],
+            shutdown,
+            base_url,
+            config,
+        })
+    }
+
+    /// The address the HTTP server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Cancelling this token shuts the exporter down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves HTTP and polls until the shutdown token is cancelled, or until the server or a poller
+    /// fails, in which case everything else is stopped too.
+    pub async fn run_until_stopped(self) -> Result<(), RunError> {
+        let Self {
+            listener,
+            local_addr,
+            state,
+            pollers,
+            shutdown,
+            base_url,
+            config,
+        } = self;
+        tracing::info!(
+            version = crate::VERSION,
+            revision = crate::REVISION,
+            listen_address = %local_addr,
+            telemetry_path = %config.telemetry_path,
+            base_url = %base_url,
+            organization = %config.organization,
+            poll_interval = %humantime::format_duration(config.poll.interval),
+            admin_key = %config.admin_key.as_ref().map_or_else(|| "demo".to_owned(), AdminKeySource::describe),
+            demo = config.demo,
+            "Starting anthropic-keys-exporter."
+        );
+
+        let mut poller_tasks = JoinSet::new();
+        for poller in pollers {
+            let running = state.health.track();
+            let token = shutdown.clone();
+            poller_tasks.spawn(async move {
+                let _running = running;
+                poller.run(token).await;
+            });
+        }
+
+        let server_token = shutdown.clone();
+        let mut server = tokio::spawn(
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(async move { server_token.cancelled().await })
+                .into_future(),
+        );
+
+        let outcome = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => Ok(()),
+            _ = poller_tasks.join_next() => {
+                tracing::error!("The background poller stopped unexpectedly; shutting down.");
+                Err(RunError::PollerStopped)
+            }
+            served = &mut server => {
+                shutdown.cancel();
+                poller_tasks.shutdown().await;
+                return match served {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(RunError::Server(error)),
+                    Err(error) => Err(RunError::ServerTask(error)),
+                };
+            }
+        };
+
+        shutdown.cancel();
+        poller_tasks.shutdown().await;
+        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+            Ok(Ok(Ok(()))) => tracing::info!("Stopped."),
+            Ok(Ok(Err(error))) => return Err(RunError::Server(error)),
+            Ok(Err(error)) => return Err(RunError::ServerTask(error)),
+            Err(_) => tracing::warn!(
+                grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                "Open HTTP connections did not finish in time; stopping anyway."
+            ),
+        }
+        outcome
+    }
+}

@@ -1,0 +1,134 @@
+//! The HTTP surface: metrics, health and readiness, and a landing page.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use prometheus::Registry;
+use tower_http::compression::CompressionLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::poller::PollerHealth;
+use crate::snapshot::SnapshotStore;
+
+/// Paths the telemetry path may not take.
+pub const RESERVED_PATHS: [&str; 5] = ["/", "/healthz", "/readyz", "/-/healthy", "/-/ready"];
+
+/// The content type of the Prometheus text exposition format.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A request that takes longer than this is answered with 408, so that no request can hold up shutdown.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    pub store: Arc<SnapshotStore>,
+    pub health: Arc<PollerHealth>,
+    pub telemetry_path: String,
+}
+
+/// The application's routes. Pure: building it has no side effects, so tests can drive it directly.
+pub fn router(state: AppState) -> Router {
+    let metrics = Router::new()
+        .route(&state.telemetry_path, get(metrics))
+        .layer(CompressionLayer::new().gzip(true));
+    Router::new()
+        .route("/", get(landing_page))
+        .route("/healthz", get(healthy))
+        .route("/-/healthy", get(healthy))
+        .route("/readyz", get(ready))
+        .route("/-/ready", get(ready))
+        .merge(metrics)
+        .fallback(not_found)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    // NB: rendering tens of thousands of series is CPU work; keep it off the async workers.
+    let rendered =
+        tokio::task::spawn_blocking(move || crate::metrics::render(&state.registry)).await;
+    match rendered {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response(),
+        Ok(Err(error)) => {
+            tracing::error!(error = %error, "Cannot render the metrics.");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot render the metrics\n",
+            )
+                .into_response()
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "Rendering the metrics panicked.");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot render the metrics\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn healthy(State(state): State<AppState>) -> Response {
+    if state.health.all_running() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the background poller is not running\n",
+        )
+            .into_response()
+    }
+}
+
+/// Ready once every organization has been polled successfully. A later failed poll does not make the
+/// exporter unready: the last good data is still served and the failure shows in `anthropic_up`.
+async fn ready(State(state): State<AppState>) -> Response {
+    let waiting = state.store.not_ready();
+    if waiting.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let message = format!(
+            "not ready: no successful poll of the Admin API yet for organization {}\n",
+            waiting.join(", ")
+        );
+        (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
+    }
+}
+
+async fn landing_page(State(state): State<AppState>) -> Html<String> {
+    let path = html_escape(&state.telemetry_path);
+    let status = match state.store.not_ready().is_empty() {
+        true => "Polling the Admin API; data is available.",
+        false => "Waiting for the first successful poll of the Admin API.",
+    };
+    Html(format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>Anthropic keys exporter</title></head>\n\
+<body>\n<h1>Anthropic keys exporter</h1>\n<p>Version {version}. {status}</p>\n<ul>\n\
+<li><a href=\"{path}\">Metrics</a></li>\n<li><a href=\"/healthz\">Health</a></li>\n\
+<li><a href=\"/readyz\">Readiness</a></li>\n</ul>\n</body>\n</html>\n",
+        version = crate::VERSION,
+    ))
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, "not found\n")
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

@@ -1,0 +1,86 @@
+//! Entry point: parse the configuration, start logging, run the exporter until a signal arrives.
+
+use std::process::ExitCode;
+
+use anthropic_keys_exporter::app::App;
+use anthropic_keys_exporter::config::{Config, Invocation};
+use anthropic_keys_exporter::telemetry;
+
+/// Exit code for a configuration the exporter cannot start with, as for any command-line usage error.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let config = match Config::from_env_and_args() {
+        Ok(Invocation::Run(config)) => *config,
+        Ok(Invocation::PrintAndExit(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("anthropic-keys-exporter: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if config.check_only {
+        println!("anthropic-keys-exporter: configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    if let Err(error) = telemetry::init(&config.log) {
+        eprintln!("anthropic-keys-exporter: invalid RUST_LOG: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("anthropic-keys-exporter: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, "Exiting on an error.");
+            eprintln!("anthropic-keys-exporter: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let app = App::build(config).await?;
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("Received a shutdown signal; stopping.");
+        shutdown.cancel();
+    });
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes and Docker send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
