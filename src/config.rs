@@ -38,6 +38,7 @@ const ENV_DEMO: &str = "ANTHROPIC_KEYS_EXPORTER_DEMO";
 /// Polls closer together than this would only burn the organization's rate limit: API keys change
 /// on a human time scale.
 const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_POLL_DEADLINE: Duration = Duration::from_secs(120);
 const MAX_RETRIES_LIMIT: u32 = 10;
 
@@ -78,9 +79,9 @@ struct Flags {
     #[arg(long = "poll.interval", env = ENV_POLL_INTERVAL, value_name = "DURATION", default_value = "5m")]
     poll_interval: String,
 
-    /// Timeout of each HTTP request to the Admin API.
-    #[arg(long = "poll.timeout", env = ENV_POLL_TIMEOUT, value_name = "DURATION", default_value = "30s")]
-    poll_timeout: String,
+    /// Timeout of each HTTP request to the Admin API [default: 30s, or the poll interval if shorter].
+    #[arg(long = "poll.timeout", env = ENV_POLL_TIMEOUT, value_name = "DURATION")]
+    poll_timeout: Option<String>,
 
     /// Deadline of a whole poll, retries and all pages included [default: 2m, or the poll interval if
     /// shorter].
@@ -267,16 +268,21 @@ impl Flags {
                 "must be at least 1s",
             ));
         }
-        let request_timeout =
-            parse_duration("--poll.timeout", ENV_POLL_TIMEOUT, &self.poll_timeout)?;
-        if request_timeout.is_zero() || request_timeout > interval {
-            return Err(invalid(
-                "--poll.timeout",
-                ENV_POLL_TIMEOUT,
-                &self.poll_timeout,
-                "must be greater than zero and no longer than --poll.interval",
-            ));
-        }
+        let request_timeout = match &self.poll_timeout {
+            Some(text) => {
+                let timeout = parse_duration("--poll.timeout", ENV_POLL_TIMEOUT, text)?;
+                if timeout.is_zero() || timeout > interval {
+                    return Err(invalid(
+                        "--poll.timeout",
+                        ENV_POLL_TIMEOUT,
+                        text,
+                        "must be greater than zero and no longer than --poll.interval",
+                    ));
+                }
+                timeout
+            }
+            None => DEFAULT_REQUEST_TIMEOUT.min(interval),
+        };
         let deadline = match &self.poll_deadline {
             Some(text) => {
                 let deadline = parse_duration("--poll.deadline", ENV_POLL_DEADLINE, text)?;

@@ -1,0 +1,509 @@
+//! What the exporter makes of an organization's keys: statuses, workspaces, nullable fields, expiry.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::fixtures::*;
+use crate::helpers::*;
+
+fn rfc3339_in(offset: Duration, future: bool) -> String {
+    let now = OffsetDateTime::now_utc();
+    let at = if future { now + offset } else { now - offset };
+    at.format(&Rfc3339).unwrap()
+}
+
+#[tokio::test]
+async fn every_status_is_counted_per_workspace_and_zero_filled() {
+    // Arrange
+    let server = MockServer::start().await;
+    let keys = vec![
+        KeyFixture::new("k1").in_workspace("wrkspc_prod").json(),
+        KeyFixture::new("k2")
+            .in_workspace("wrkspc_prod")
+            .status("inactive")
+            .json(),
+        KeyFixture::new("k3")
+            .in_workspace("wrkspc_prod")
+            .status("archived")
+            .json(),
+        KeyFixture::new("k4")
+            .in_workspace("wrkspc_prod")
+            .status("expired")
+            .expires_at("2025-02-01T00:00:00Z")
+            .json(),
+        KeyFixture::new("k5").in_workspace("wrkspc_prod").json(),
+    ];
+    mount_simple_organization(&server, &keys).await;
+
+    // Act
+    let app = spawn_app(server).await;
+    let metrics = app.wait_for_first_poll().await;
+
+    // Assert
+    let count = |status: &str| {
+        metrics.value(
+            "anthropic_api_keys",
+            &[
+                ("organization", "acme"),
+                ("workspace_id", "wrkspc_prod"),
+                ("workspace_name", "Production"),
+                ("status", status),
+            ],
+        )
+    };
+    assert_eq!(count("active"), Some(2.0));
+    assert_eq!(count("inactive"), Some(1.0));
+    assert_eq!(count("archived"), Some(1.0));
+    assert_eq!(count("expired"), Some(1.0));
+    assert_eq!(
+        count("unknown"),
+        None,
+        "unknown is only exported when a key has it"
+    );
+    let never = |status: &str| {
+        metrics.value(
+            "anthropic_api_keys_never_expiring",
+            &[("workspace_id", "wrkspc_prod"), ("status", status)],
+        )
+    };
+    assert_eq!(never("active"), Some(2.0));
+    assert_eq!(never("expired"), Some(0.0));
+    assert_eq!(
+        metrics.value("anthropic_up", &[("organization", "acme")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics.value(
+            "anthropic_organization_info",
+            &[
+                ("organization", "acme"),
+                ("organization_id", "org-uuid-1"),
+                ("organization_name", "Acme Corp")
+            ]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn null_and_absent_optional_fields_are_tolerated() {
+    // Arrange: the oldest documented shape, explicit nulls, and fields the API added later.
+    let server = MockServer::start().await;
+    let keys = vec![
+        KeyFixture::new("old")
+            .without("expires_at")
+            .without("principal")
+            .without("partial_key_hint")
+            .without("workspace_id")
+            .json(),
+        KeyFixture::new("nulls")
+            .set("created_by", Value::Null)
+            .set("partial_key_hint", Value::Null)
+            .set("principal", Value::Null)
+            .set("scope", Value::Null)
+            .json(),
+        KeyFixture::new("new")
+            .in_workspace("wrkspc_prod")
+            .set(
+                "principal",
+                json!({"id": "svac_1", "type": "service_account"}),
+            )
+            .set("some_future_field", json!({"nested": [1, 2, 3]}))
+            .created_by("svac_1", "service_account")
+            .expires_at("2031-01-01T00:00:00.123456Z")
+            .json(),
+    ];
+    mount_simple_organization(&server, &keys).await;
+
+    // Act
+    let app = spawn_app(server).await;
+    let metrics = app.wait_for_first_poll().await;
+
+    // Assert
+    assert_eq!(metrics.value("anthropic_up", &[]), Some(1.0));
+    let info = metrics.find("anthropic_api_key_info", &[("api_key_id", "nulls")]);
+    assert_eq!(info[0].labels["created_by_id"], "");
+    assert_eq!(info[0].labels["created_by_type"], "");
+    let info = metrics.find("anthropic_api_key_info", &[("api_key_id", "new")]);
+    assert_eq!(info[0].labels["created_by_type"], "service_account");
+    assert_eq!(
+        metrics.value(
+            "anthropic_api_key_expiry_timestamp_seconds",
+            &[("api_key_id", "new")]
+        ),
+        Some(1_924_992_000.123456)
+    );
+    for never_expiring in ["old", "nulls"] {
+        assert!(
+            metrics
+                .find(
+                    "anthropic_api_key_expiry_timestamp_seconds",
+                    &[("api_key_id", never_expiring)]
+                )
+                .is_empty()
+        );
+        assert!(
+            metrics
+                .find(
+                    "anthropic_api_key_expires_in_seconds",
+                    &[("api_key_id", never_expiring)]
+                )
+                .is_empty()
+        );
+    }
+    assert_eq!(
+        metrics.value(
+            "anthropic_api_key_created_timestamp_seconds",
+            &[("api_key_id", "old")]
+        ),
+        Some(1_735_689_600.0)
+    );
+    assert_eq!(
+        metrics.value(
+            "anthropic_api_keys_never_expiring",
+            &[("workspace_id", "default"), ("status", "active")]
+        ),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn keys_get_workspace_names_including_the_default_workspace() {
+    // Arrange
+    let server = MockServer::start().await;
+    mount_organization(&server, "org-uuid-1", "Acme Corp").await;
+    mount_workspaces(
+        &server,
+        &[
+            workspace("wrkspc_prod", "Production"),
+            workspace("wrkspc_rnd", "研究 & \"Dev\""),
+            workspace("wrkspc_empty", "Empty"),
+        ],
+    )
+    .await;
+    let keys = vec![
+        KeyFixture::new("scoped").in_workspace("wrkspc_prod").json(),
+        KeyFixture::new("legacy")
+            .in_legacy_workspace("wrkspc_rnd")
+            .json(),
+        KeyFixture::new("default").json(),
+        KeyFixture::new("org")
+            .set("scope", json!({"type": "organization"}))
+            .json(),
+    ];
+    mount_key_pages(&server, &[keys]).await;
+
+    // Act
+    let app = spawn_app(server).await;
+    let metrics = app.wait_for_first_poll().await;
+
+    // Assert
+    let workspace_of = |id: &str| {
+        let info = metrics.find("anthropic_api_key_info", &[("api_key_id", id)]);
+        (
+            info[0].labels["workspace_id"].clone(),
+            info[0].labels["workspace_name"].clone(),
+        )
+    };
+    assert_eq!(
+        workspace_of("scoped"),
+        ("wrkspc_prod".into(), "Production".into())
+    );
+    assert_eq!(
+        workspace_of("legacy"),
+        ("wrkspc_rnd".into(), "研究 & \"Dev\"".into())
+    );
+    assert_eq!(
+        workspace_of("default"),
+        ("default".into(), "Default".into())
+    );
+    assert_eq!(
+        workspace_of("org"),
+        ("organization".into(), "Organization".into())
+    );
+    // A workspace without keys is still zero-filled.
+    assert_eq!(
+        metrics.value(
+            "anthropic_api_keys",
+            &[
+                ("workspace_id", "wrkspc_empty"),
+                ("workspace_name", "Empty"),
+                ("status", "active")
+            ]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metrics
+            .find("anthropic_api_keys", &[("workspace_id", "wrkspc_empty")])
+            .len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_status_is_exported_as_unknown_without_failing_the_poll() {
+    // Arrange
+    let server = MockServer::start().await;
+    let keys = vec![
+        KeyFixture::new("k1").status("suspended").json(),
+        KeyFixture::new("k2").json(),
+    ];
+    mount_simple_organization(&server, &keys).await;
+
+    // Act
+    let app = spawn_app(server).await;
+    let metrics = app.wait_for_first_poll().await;
+
+    // Assert
+    assert_eq!(metrics.value("anthropic_up", &[]), Some(1.0));
+    assert_eq!(
+        metrics.value(
+            "anthropic_api_keys",
+            &[("workspace_id", "default"), ("status", "unknown")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics
+            .find(
+                "anthropic_api_key_info",
+                &[("api_key_id", "k1"), ("status", "unknown")]
+            )
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn expires_in_is_computed_at_scrape_time_and_negative_once_past() {
+    // Arrange
+    let server = MockServer::start().await;
+    let keys = vec![
+        KeyFixture::new("soon")
+            .expires_at(&rfc3339_in(Duration::from_secs(10 * 86_400), true))
+            .json(),
+        KeyFixture::new("past")
+            .status("expired")
+            .expires_at(&rfc3339_in(Duration::from_secs(3 * 3600), false))
+            .json(),
+    ];
+    mount_simple_organization(&server, &keys).await;
+    let app = spawn_app(server).await;
+    let first = app.wait_for_first_poll().await;
+
+    // Act
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = app.metrics().await;
+
+    // Assert
+    let soon = |m: &Metrics| {
+        m.value(
+            "anthropic_api_key_expires_in_seconds",
+            &[("api_key_id", "soon")],
+        )
+        .unwrap()
+    };
+    assert!((soon(&first) - 864_000.0).abs() < 5.0, "{}", soon(&first));
+    assert!(
+        soon(&first) - soon(&second) >= 1.0,
+        "the value must move with the clock"
+    );
+    let past = second
+        .value(
+            "anthropic_api_key_expires_in_seconds",
+            &[("api_key_id", "past")],
+        )
+        .unwrap();
+    assert!((past + 10_800.0).abs() < 5.0, "{past}");
+    let expiry = second
+        .value(
+            "anthropic_api_key_expiry_timestamp_seconds",
+            &[("api_key_id", "soon")],
+        )
+        .unwrap();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((expiry - now - soon(&second)).abs() < 5.0);
+}
+
+#[tokio::test]
+async fn hostile_key_names_survive_the_exposition_format() {
+    // Arrange
+    let names = [
+        "何さ",
+        "quote \" inside",
+        "back\\slash \\n not a newline",
+        "new\nline",
+        "emoji 🔑🚀",
+        "",
+        "trailing backslash \\",
+        "{braces}=, \"and\" commas,",
+        "tab\tand\r carriage",
+    ];
+    let server = MockServer::start().await;
+    let keys: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            KeyFixture::new(&format!("k{i}"))
+                .name(name)
+                .expires_at("2030-01-01T00:00:00Z")
+                .json()
+        })
+        .collect();
+    mount_simple_organization(&server, &keys).await;
+    let app = spawn_app(server).await;
+    app.wait_for_first_poll().await;
+
+    // Act
+    let text = app.metrics_text().await;
+    let official = parse_with_official_python_parser(&text);
+
+    // Assert
+    for (i, name) in names.iter().enumerate() {
+        let id = format!("k{i}");
+        for family in [
+            "anthropic_api_key_info",
+            "anthropic_api_key_expiry_timestamp_seconds",
+        ] {
+            let sample = official
+                .iter()
+                .find(|s| s.name == family && s.labels.get("api_key_id") == Some(&id))
+                .unwrap_or_else(|| panic!("{family} for {id:?} is missing"));
+            assert_eq!(sample.labels["api_key_name"], *name, "{family} {id}");
+        }
+    }
+    assert_eq!(
+        Metrics::parse(&text)
+            .find("anthropic_api_key_info", &[])
+            .len(),
+        names.len()
+    );
+}
+
+#[tokio::test]
+async fn requests_carry_the_key_the_api_version_and_a_user_agent() {
+    // Arrange: the fake only answers correctly authenticated requests.
+    let server = MockServer::start().await;
+    mount_simple_organization(&server, &[KeyFixture::new("k1").json()]).await;
+
+    // Act
+    let app = spawn_app(server).await;
+    app.wait_for_first_poll().await;
+
+    // Assert
+    let requests = app.admin_api.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 3, "organization, workspaces, keys");
+    for request in &requests {
+        assert_eq!(request.headers["x-api-key"], ADMIN_KEY);
+        assert_eq!(request.headers["anthropic-version"], "2023-06-01");
+        let agent = request.headers["user-agent"].to_str().unwrap();
+        assert!(agent.starts_with("anthropic-keys-exporter/"), "{agent}");
+    }
+    assert_eq!(app.metrics().await.value("anthropic_up", &[]), Some(1.0));
+}
+
+#[tokio::test]
+async fn keys_that_disappear_vanish_at_the_next_successful_poll() {
+    // Arrange: the first listing has two keys, every later one only the first.
+    let server = MockServer::start().await;
+    mount_organization(&server, "org-uuid-1", "Acme Corp").await;
+    mount_workspaces(&server, &[]).await;
+    let both = vec![
+        KeyFixture::new("stays").json(),
+        KeyFixture::new("goes")
+            .expires_at("2030-01-01T00:00:00Z")
+            .json(),
+    ];
+    Mock::given(method("GET"))
+        .and(path(KEYS_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(&both, false)))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(KEYS_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(&both[..1], false)))
+        .mount(&server)
+        .await;
+
+    // Act
+    let app = spawn_app_with(server, |config| {
+        config.poll.interval = Duration::from_millis(200)
+    })
+    .await;
+    let first = app.wait_for_first_poll().await;
+    let later = app.wait_for_polls(2.0).await;
+
+    // Assert
+    assert_eq!(
+        first
+            .find("anthropic_api_key_info", &[("api_key_id", "goes")])
+            .len(),
+        1
+    );
+    for family in [
+        "anthropic_api_key_info",
+        "anthropic_api_key_created_timestamp_seconds",
+        "anthropic_api_key_expiry_timestamp_seconds",
+        "anthropic_api_key_expires_in_seconds",
+    ] {
+        assert!(
+            later.find(family, &[("api_key_id", "goes")]).is_empty(),
+            "{family} still has the removed key"
+        );
+    }
+    assert_eq!(
+        later
+            .find("anthropic_api_key_info", &[("api_key_id", "stays")])
+            .len(),
+        1
+    );
+    assert_eq!(later.sum("anthropic_api_keys", &[]), 1.0);
+}
+
+#[tokio::test]
+async fn metrics_are_gzipped_when_the_scraper_asks() {
+    // Arrange
+    let server = MockServer::start().await;
+    mount_simple_organization(&server, &[KeyFixture::new("k1").json()]).await;
+    let app = spawn_app(server).await;
+    app.wait_for_first_poll().await;
+
+    // Act
+    let response = app
+        .http
+        .get(app.url("/metrics"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let compressed = response.bytes().await.unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&compressed[..]),
+        &mut text,
+    )
+    .unwrap();
+    assert!(text.contains("anthropic_api_key_info{"), "{text}");
+    let plain = app.get("/metrics").await;
+    assert!(plain.headers().get("content-encoding").is_none());
+}

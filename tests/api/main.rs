@@ -1,0 +1,16 @@
+//! Integration tests: the exporter against a fake Admin API on loopback.
+
+// Test helpers are not `#[test]` functions, so clippy's test exemption does not reach them; a panic is
+// exactly how a helper should fail a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod fixtures;
+mod helpers;
+
+mod failures;
+mod golden;
+mod health;
+mod inventory;
+mod pagination;
+mod process;
+mod retries;
