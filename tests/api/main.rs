@@ -7,6 +7,7 @@
 mod fixtures;
 mod helpers;
 
+mod docs;
 mod failures;
 mod golden;
 mod health;
