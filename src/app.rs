@@ -14,7 +14,7 @@ use crate::admin_api::AdminApiClient;
 use crate::config::Config;
 use crate::demo::{self, FakeAdminApi};
 use crate::http::{AppState, router};
-use crate::metrics::{ExporterMetrics, build_registry};
+use crate::metrics::{ExporterMetrics, Exposition};
 use crate::poller::{Poller, PollerHealth};
 use crate::secret::{AdminKey, AdminKeySource};
 use crate::snapshot::SnapshotStore;
@@ -85,7 +85,7 @@ impl App {
         let organizations = [config.organization.as_str()];
         let metrics = Arc::new(ExporterMetrics::new(organizations)?);
         let store = Arc::new(SnapshotStore::new(organizations));
-        let registry = build_registry(&metrics, Arc::clone(&store))?;
+        let exposition = Exposition::new(&metrics, Arc::clone(&store))?;
         let client = AdminApiClient::new(
             &base_url,
             key_source,
@@ -113,7 +113,7 @@ impl App {
             source,
         })?;
         let state = AppState {
-            registry,
+            exposition,
             store,
             health: Arc::new(PollerHealth::default()),
             telemetry_path: config.telemetry_path.clone(),

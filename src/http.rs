@@ -8,11 +8,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use prometheus::Registry;
+use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::metrics::Exposition;
 use crate::poller::PollerHealth;
 use crate::snapshot::SnapshotStore;
 
@@ -28,7 +29,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub registry: Registry,
+    pub exposition: Exposition,
     pub store: Arc<SnapshotStore>,
     pub health: Arc<PollerHealth>,
     pub telemetry_path: String,
@@ -38,7 +39,12 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let metrics = Router::new()
         .route(&state.telemetry_path, get(metrics))
-        .layer(CompressionLayer::new().gzip(true));
+        // NB: the fastest level: a large organization's scrape is megabytes, and CPU is what scrapes cost.
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .quality(CompressionLevel::Fastest),
+        );
     Router::new()
         .route("/", get(landing_page))
         .route("/healthz", get(healthy))
@@ -57,8 +63,7 @@ pub fn router(state: AppState) -> Router {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     // NB: rendering tens of thousands of series is CPU work; keep it off the async workers.
-    let rendered =
-        tokio::task::spawn_blocking(move || crate::metrics::render(&state.registry)).await;
+    let rendered = tokio::task::spawn_blocking(move || state.exposition.render()).await;
     match rendered {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response(),
         Ok(Err(error)) => {

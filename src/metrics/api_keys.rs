@@ -1,12 +1,17 @@
-//! Metrics about the organization's API keys, built fresh from the latest snapshots at every scrape:
-//! keys that disappeared from the API leave no stale series, and `expires_in` is exact at scrape time.
+//! Metrics about the organization's API keys, rendered from the latest snapshots: keys that disappeared
+//! from the API leave no stale series, and `expires_in` is exact at scrape time.
+//!
+//! The labels of tens of thousands of keys only change when a poll publishes a new snapshot, so each
+//! snapshot is rendered to text once (escaping done by the `prometheus` crate's encoder) and reused by
+//! every scrape until the next poll; only the `expires_in` values are computed per scrape.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, TextEncoder};
 
 use crate::snapshot::{KeyRecord, Snapshot, SnapshotStore};
 
@@ -82,67 +87,138 @@ const FAMILIES: [&Family; 7] = [
     &ORGANIZATION_INFO,
 ];
 
-/// Reads the [`SnapshotStore`] on every scrape; it never calls the Admin API.
+/// Renders the API-key families from the [`SnapshotStore`]; it never calls the Admin API.
 #[derive(Debug)]
-pub struct ApiKeysCollector {
+pub struct ApiKeysMetrics {
     store: Arc<SnapshotStore>,
-    descs: Vec<Desc>,
+    rendered: Mutex<HashMap<String, Arc<RenderedOrganization>>>,
 }
 
-impl ApiKeysCollector {
-    pub fn new(store: Arc<SnapshotStore>) -> Result<Self, prometheus::Error> {
+/// One organization's snapshot as text: every family's sample lines, except that `expires_in` keeps the
+/// series names and expiry times so the value can be computed when scraped.
+#[derive(Debug)]
+struct RenderedOrganization {
+    snapshot: Arc<Snapshot>,
+    families: Vec<String>,
+    expires_in: Vec<(String, f64)>,
+}
+
+impl ApiKeysMetrics {
+    pub fn new(store: Arc<SnapshotStore>) -> Self {
         debug_assert!(FAMILIES.iter().all(|family| family.help.ends_with(CACHED)));
-        let descs = FAMILIES
-            .iter()
-            .map(|family| {
-                Desc::new(
-                    family.name.to_owned(),
-                    family.help.to_owned(),
-                    family
-                        .labels
-                        .iter()
-                        .map(|label| (*label).to_owned())
-                        .collect(),
-                    HashMap::new(),
-                )
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self { store, descs })
-    }
-}
-
-impl Collector for ApiKeysCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let now = unix_seconds(SystemTime::now());
-        let mut families: Vec<Vec<Metric>> = vec![Vec::new(); FAMILIES.len()];
-        for (organization, snapshot) in self.store.all() {
-            collect_organization(&organization, &snapshot, now, &mut families);
+        Self {
+            store,
+            rendered: Mutex::new(HashMap::new()),
         }
-        FAMILIES
-            .iter()
-            .zip(families)
-            .map(|(family, metrics)| {
-                let mut metric_family = MetricFamily::default();
-                metric_family.set_name(family.name.to_owned());
-                metric_family.set_help(family.help.to_owned());
-                metric_family.set_field_type(MetricType::GAUGE);
-                metric_family.set_metric(metrics);
-                metric_family
-            })
-            .collect()
+    }
+
+    /// Appends every API-key family, in the Prometheus text format, to `out`.
+    pub fn encode(&self, out: &mut String) -> Result<(), prometheus::Error> {
+        let now = unix_seconds(SystemTime::now());
+        let organizations = self
+            .store
+            .all()
+            .into_iter()
+            .map(|(organization, snapshot)| self.rendered(&organization, snapshot))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (index, family) in FAMILIES.iter().enumerate() {
+            let is_expires_in = std::ptr::eq(*family, &EXPIRES_IN);
+            let empty = organizations.iter().all(|rendered| match is_expires_in {
+                true => rendered.expires_in.is_empty(),
+                false => rendered.families[index].is_empty(),
+            });
+            if empty {
+                continue;
+            }
+            let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
+            let _ = writeln!(out, "# TYPE {} gauge", family.name);
+            for rendered in &organizations {
+                if is_expires_in {
+                    for (series, expires_at) in &rendered.expires_in {
+                        let _ = writeln!(out, "{series} {}", expires_at - now);
+                    }
+                } else {
+                    out.push_str(&rendered.families[index]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The text of `snapshot`, rendered on the first scrape after the poll that published it.
+    fn rendered(
+        &self,
+        organization: &str,
+        snapshot: Arc<Snapshot>,
+    ) -> Result<Arc<RenderedOrganization>, prometheus::Error> {
+        let mut cache = self
+            .rendered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(rendered) = cache
+            .get(organization)
+            .filter(|r| Arc::ptr_eq(&r.snapshot, &snapshot))
+        {
+            return Ok(Arc::clone(rendered));
+        }
+        let rendered = Arc::new(render_organization(organization, snapshot)?);
+        cache.insert(organization.to_owned(), Arc::clone(&rendered));
+        Ok(rendered)
     }
 }
 
-fn collect_organization(
+fn render_organization(
     organization: &str,
-    snapshot: &Snapshot,
-    now: f64,
-    families: &mut [Vec<Metric>],
-) {
+    snapshot: Arc<Snapshot>,
+) -> Result<RenderedOrganization, prometheus::Error> {
+    let mut metrics: Vec<Vec<Metric>> = vec![Vec::new(); FAMILIES.len()];
+    collect_organization(organization, &snapshot, &mut metrics);
+    let mut families = Vec::with_capacity(FAMILIES.len());
+    let mut expires_in = Vec::new();
+    for (family, metrics) in FAMILIES.iter().zip(metrics) {
+        let text = sample_lines(family, metrics)?;
+        if std::ptr::eq(*family, &EXPIRES_IN) {
+            // The value encoded here is the expiry time; the series name is everything before it.
+            for line in text.lines() {
+                if let Some((series, value)) = line.rsplit_once(' ') {
+                    expires_in.push((series.to_owned(), value.parse().unwrap_or_default()));
+                }
+            }
+            families.push(String::new());
+        } else {
+            families.push(text);
+        }
+    }
+    Ok(RenderedOrganization {
+        snapshot,
+        families,
+        expires_in,
+    })
+}
+
+/// The sample lines of one family (no HELP or TYPE), escaped by the `prometheus` crate's encoder.
+fn sample_lines(family: &Family, metrics: Vec<Metric>) -> Result<String, prometheus::Error> {
+    if metrics.is_empty() {
+        return Ok(String::new());
+    }
+    let mut metric_family = MetricFamily::default();
+    metric_family.set_name(family.name.to_owned());
+    metric_family.set_help(family.help.to_owned());
+    metric_family.set_field_type(MetricType::GAUGE);
+    metric_family.set_metric(metrics);
+    let mut buffer = Vec::new();
+    TextEncoder::new().encode(&[metric_family], &mut buffer)?;
+    let text =
+        String::from_utf8(buffer).map_err(|error| prometheus::Error::Msg(error.to_string()))?;
+    let mut lines = String::with_capacity(text.len());
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        lines.push_str(line);
+        lines.push('\n');
+    }
+    Ok(lines)
+}
+
+fn collect_organization(organization: &str, snapshot: &Snapshot, families: &mut [Vec<Metric>]) {
     let [
         keys,
         never_expiring,
@@ -210,7 +286,7 @@ fn collect_organization(
         created.push(gauge(&key_values, KEY_LABELS, key.created_at));
         if let Some(expires_at) = key.expires_at {
             expiry.push(gauge(&key_values, KEY_LABELS, expires_at));
-            expires_in.push(gauge(&key_values, KEY_LABELS, expires_at - now));
+            expires_in.push(gauge(&key_values, KEY_LABELS, expires_at));
         }
     }
 }

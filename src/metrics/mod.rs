@@ -1,37 +1,47 @@
-//! The metrics registry: the exporter's own health metrics, the API-key metrics read from the latest
-//! snapshots at scrape time, build info and process metrics.
+//! What `/metrics` serves: the exporter's own health metrics, build info and process metrics from a
+//! `prometheus` registry, followed by the API-key metrics rendered from the latest snapshots.
 
 mod api_keys;
 mod exporter;
 
 use std::sync::Arc;
 
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Registry, TextEncoder};
 
-pub use api_keys::ApiKeysCollector;
+pub use api_keys::ApiKeysMetrics;
 pub use exporter::ExporterMetrics;
 
 use crate::snapshot::SnapshotStore;
 
-/// Builds the registry served on the telemetry path.
-pub fn build_registry(
-    exporter_metrics: &ExporterMetrics,
-    store: Arc<SnapshotStore>,
-) -> Result<Registry, prometheus::Error> {
-    let registry = Registry::new();
-    exporter_metrics.register(&registry)?;
-    registry.register(Box::new(ApiKeysCollector::new(store)?))?;
-    #[cfg(target_os = "linux")]
-    registry.register(Box::new(
-        prometheus::process_collector::ProcessCollector::for_self(),
-    ))?;
-    Ok(registry)
+/// Everything served on the telemetry path. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Exposition {
+    registry: Registry,
+    api_keys: Arc<ApiKeysMetrics>,
 }
 
-/// Renders the registry in the Prometheus text format.
-pub fn render(registry: &Registry) -> Result<Vec<u8>, prometheus::Error> {
-    let families = registry.gather();
-    let mut buffer = Vec::with_capacity(64 * 1024);
-    TextEncoder::new().encode(&families, &mut buffer)?;
-    Ok(buffer)
+impl Exposition {
+    pub fn new(
+        exporter_metrics: &ExporterMetrics,
+        store: Arc<SnapshotStore>,
+    ) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        exporter_metrics.register(&registry)?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Self {
+            registry,
+            api_keys: Arc::new(ApiKeysMetrics::new(store)),
+        })
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let mut text = String::with_capacity(64 * 1024);
+        TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text)?;
+        self.api_keys.encode(&mut text)?;
+        Ok(text.into_bytes())
+    }
 }
