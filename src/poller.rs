@@ -151,3 +151,23 @@ impl Drop for RunningPoller {
         self.health.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_reports_a_poller_that_stopped_or_panicked() {
+        let health = Arc::new(PollerHealth::default());
+        assert!(!health.all_running(), "no poller has started yet");
+        let running = health.track();
+        assert!(health.all_running());
+        let panicked = std::thread::spawn(move || {
+            let _running = running;
+            panic!("poller crashed");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(!health.all_running());
+    }
+}

@@ -507,3 +507,24 @@ async fn metrics_are_gzipped_when_the_scraper_asks() {
     let plain = app.get("/metrics").await;
     assert!(plain.headers().get("content-encoding").is_none());
 }
+
+#[tokio::test]
+async fn scrapes_never_call_the_admin_api() {
+    // Arrange
+    let server = MockServer::start().await;
+    mount_simple_organization(&server, &[KeyFixture::new("k1").json()]).await;
+    let app = spawn_app(server).await;
+    app.wait_for_first_poll().await;
+    let after_first_poll = app.admin_api.received_requests().await.unwrap().len();
+
+    // Act
+    for _ in 0..20 {
+        app.metrics_text().await;
+    }
+
+    // Assert
+    assert_eq!(
+        app.admin_api.received_requests().await.unwrap().len(),
+        after_first_poll
+    );
+}
