@@ -18,6 +18,7 @@ use crate::metrics::{ExporterMetrics, Exposition};
 use crate::poller::{Poller, PollerHealth};
 use crate::secret::{AdminKey, AdminKeySource};
 use crate::snapshot::SnapshotStore;
+use crate::web_config::{WebConfigError, WebConfigSource};
 
 /// How long in-flight HTTP requests may take to finish once shutdown has begun.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -37,13 +38,13 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot set up the HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
+    #[error("{0}")]
+    WebConfig(#[from] WebConfigError),
 }
 
 /// Why the exporter stopped on its own rather than on a shutdown signal.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("the HTTP server failed: {0}")]
-    Server(#[source] std::io::Error),
     #[error("the HTTP server task ended unexpectedly: {0}")]
     ServerTask(#[source] tokio::task::JoinError),
     #[error("the background poller stopped unexpectedly")]
@@ -112,11 +113,17 @@ impl App {
             address: config.listen_address,
             source,
         })?;
+        let web_config = Arc::new(match &config.web_config_file {
+            Some(path) => WebConfigSource::load(path)?,
+            None => WebConfigSource::disabled(),
+        });
         let state = AppState {
             exposition,
             store,
             health: Arc::new(PollerHealth::default()),
             telemetry_path: config.telemetry_path.clone(),
+            web_config,
+            max_requests: config.max_requests,
         };
         Ok(Self {
             listener,
@@ -161,6 +168,7 @@ impl App {
             poll_interval = %humantime::format_duration(config.poll.interval),
             admin_key = %config.admin_key.as_ref().map_or_else(|| "demo".to_owned(), AdminKeySource::describe),
             demo = config.demo,
+            tls = config.web_config_file.is_some(),
             "Starting anthropic-keys-exporter."
         );
 
@@ -174,12 +182,14 @@ impl App {
             });
         }
 
-        let server_token = shutdown.clone();
-        let mut server = tokio::spawn(
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(async move { server_token.cancelled().await })
-                .into_future(),
-        );
+        let web_config = Arc::clone(&state.web_config);
+        let mut server = tokio::spawn(crate::server::serve(
+            listener,
+            router(state),
+            web_config,
+            shutdown.clone(),
+            SHUTDOWN_GRACE,
+        ));
 
         let outcome = tokio::select! {
             biased;
@@ -191,25 +201,14 @@ impl App {
             served = &mut server => {
                 shutdown.cancel();
                 poller_tasks.shutdown().await;
-                return match served {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => Err(RunError::Server(error)),
-                    Err(error) => Err(RunError::ServerTask(error)),
-                };
+                return served.map_err(RunError::ServerTask);
             }
         };
 
         shutdown.cancel();
         poller_tasks.shutdown().await;
-        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-            Ok(Ok(Ok(()))) => tracing::info!("Stopped."),
-            Ok(Ok(Err(error))) => return Err(RunError::Server(error)),
-            Ok(Err(error)) => return Err(RunError::ServerTask(error)),
-            Err(_) => tracing::warn!(
-                grace_seconds = SHUTDOWN_GRACE.as_secs(),
-                "Open HTTP connections did not finish in time; stopping anyway."
-            ),
-        }
+        server.await.map_err(RunError::ServerTask)?;
+        tracing::info!("Stopped.");
         outcome
     }
 }

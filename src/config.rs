@@ -31,6 +31,8 @@ const ENV_POLL_DEADLINE: &str = "ANTHROPIC_KEYS_EXPORTER_POLL_DEADLINE";
 const ENV_POLL_MAX_RETRIES: &str = "ANTHROPIC_KEYS_EXPORTER_POLL_MAX_RETRIES";
 const ENV_LISTEN_ADDRESS: &str = "ANTHROPIC_KEYS_EXPORTER_WEB_LISTEN_ADDRESS";
 const ENV_TELEMETRY_PATH: &str = "ANTHROPIC_KEYS_EXPORTER_WEB_TELEMETRY_PATH";
+const ENV_WEB_CONFIG_FILE: &str = "ANTHROPIC_KEYS_EXPORTER_WEB_CONFIG_FILE";
+const ENV_MAX_REQUESTS: &str = "ANTHROPIC_KEYS_EXPORTER_WEB_MAX_REQUESTS";
 const ENV_LOG_LEVEL: &str = "ANTHROPIC_KEYS_EXPORTER_LOG_LEVEL";
 const ENV_LOG_FORMAT: &str = "ANTHROPIC_KEYS_EXPORTER_LOG_FORMAT";
 const ENV_DEMO: &str = "ANTHROPIC_KEYS_EXPORTER_DEMO";
@@ -101,6 +103,15 @@ struct Flags {
     #[arg(long = "web.telemetry-path", env = ENV_TELEMETRY_PATH, value_name = "PATH", default_value = "/metrics")]
     telemetry_path: String,
 
+    /// Web configuration file (TLS, client certificates, basic auth) in the Prometheus exporter-toolkit
+    /// format; re-read when it or the files it names change.
+    #[arg(long = "web.config.file", env = ENV_WEB_CONFIG_FILE, value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
+
+    /// Maximum number of concurrent scrapes; more get 503 at once. 0 means no limit.
+    #[arg(long = "web.max-requests", env = ENV_MAX_REQUESTS, value_name = "N", default_value = "40")]
+    max_requests: String,
+
     /// Log level: error, warn, info, debug or trace. `RUST_LOG`, if set, takes precedence.
     #[arg(long = "log.level", env = ENV_LOG_LEVEL, value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -132,6 +143,10 @@ pub struct Config {
     pub listen_address: SocketAddr,
     /// Path of the metrics endpoint.
     pub telemetry_path: String,
+    /// TLS and basic auth settings, in the exporter-toolkit format.
+    pub web_config_file: Option<PathBuf>,
+    /// Concurrent scrapes allowed; 0 means no limit.
+    pub max_requests: usize,
     pub log: LogSettings,
     /// Serve the built-in simulated organization.
     pub demo: bool,
@@ -200,6 +215,8 @@ Admin keys in the Claude Console under Settings > Admin keys, or run with --demo
     AdminKeyFile(AdminKeyError),
     #[error("{0}")]
     AdminKey(AdminKeyError),
+    #[error("{0} (--web.config.file, env ANTHROPIC_KEYS_EXPORTER_WEB_CONFIG_FILE)")]
+    WebConfig(crate::web_config::WebConfigError),
     #[error("{0}")]
     Flags(String),
 }
@@ -315,6 +332,18 @@ impl Flags {
 
         let listen_address = parse_listen_address(&self.listen_address)?;
         let telemetry_path = parse_telemetry_path(&self.telemetry_path)?;
+        if let Some(path) = &self.web_config_file {
+            // NB: load it now so that a broken file stops start-up with exit code 2, like any bad flag.
+            crate::web_config::WebConfig::load(path).map_err(ConfigError::WebConfig)?;
+        }
+        let max_requests = self.max_requests.trim().parse::<usize>().map_err(|_| {
+            invalid(
+                "--web.max-requests",
+                ENV_MAX_REQUESTS,
+                &self.max_requests,
+                "expected a whole number, 0 for no limit",
+            )
+        })?;
         let log = LogSettings {
             level: self.log_level.trim().parse().map_err(|_| {
                 invalid(
@@ -359,6 +388,8 @@ impl Flags {
             },
             listen_address,
             telemetry_path,
+            web_config_file: self.web_config_file,
+            max_requests,
             log,
             demo: self.demo,
             check_only: self.check_config,
@@ -644,6 +675,16 @@ mod tests {
                 ENV_TELEMETRY_PATH,
             ),
             (&["--log.level", "loud"], "--log.level", ENV_LOG_LEVEL),
+            (
+                &["--web.max-requests", "many"],
+                "--web.max-requests",
+                ENV_MAX_REQUESTS,
+            ),
+            (
+                &["--web.config.file", "/nonexistent/web.yml"],
+                "--web.config.file",
+                ENV_WEB_CONFIG_FILE,
+            ),
             (&["--log.format", "xml"], "--log.format", ENV_LOG_FORMAT),
             (&["--organization", " "], "--organization", ENV_ORGANIZATION),
         ];

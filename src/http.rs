@@ -4,10 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use base64::Engine as _;
+use tower::ServiceBuilder;
 use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -16,6 +20,7 @@ use tower_http::trace::TraceLayer;
 use crate::metrics::Exposition;
 use crate::poller::PollerHealth;
 use crate::snapshot::SnapshotStore;
+use crate::web_config::{WebConfig, WebConfigSource};
 
 /// Paths the telemetry path may not take.
 pub const RESERVED_PATHS: [&str; 5] = ["/", "/healthz", "/readyz", "/-/healthy", "/-/ready"];
@@ -33,11 +38,15 @@ pub struct AppState {
     pub store: Arc<SnapshotStore>,
     pub health: Arc<PollerHealth>,
     pub telemetry_path: String,
+    /// TLS, basic auth and extra headers; reloaded when its files change.
+    pub web_config: Arc<WebConfigSource>,
+    /// Concurrent scrapes beyond this get 503 at once instead of queueing; 0 means no limit.
+    pub max_requests: usize,
 }
 
 /// The application's routes. Pure: building it has no side effects, so tests can drive it directly.
 pub fn router(state: AppState) -> Router {
-    let metrics = Router::new()
+    let mut metrics = Router::new()
         .route(&state.telemetry_path, get(metrics))
         // NB: the fastest level: a large organization's scrape is megabytes, and CPU is what scrapes cost.
         .layer(
@@ -45,6 +54,20 @@ pub fn router(state: AppState) -> Router {
                 .gzip(true)
                 .quality(CompressionLevel::Fastest),
         );
+    if state.max_requests > 0 {
+        metrics = metrics.layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many concurrent scrapes; retry later\n",
+                    )
+                }))
+                .load_shed()
+                .concurrency_limit(state.max_requests),
+        );
+    }
+    let web_config = Arc::clone(&state.web_config);
     Router::new()
         .route("/", get(landing_page))
         .route("/healthz", get(healthy))
@@ -53,12 +76,75 @@ pub fn router(state: AppState) -> Router {
         .route("/-/ready", get(ready))
         .merge(metrics)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            web_config,
+            authenticate,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Health and readiness stay open to probes (they reveal nothing); everything else needs the basic
+/// auth credentials when the web config defines users.
+const UNAUTHENTICATED_PATHS: [&str; 4] = ["/healthz", "/readyz", "/-/healthy", "/-/ready"];
+
+async fn authenticate(
+    State(web_config): State<Arc<WebConfigSource>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let config = web_config.current();
+    let needs_auth =
+        config.basic_auth.is_some() && !UNAUTHENTICATED_PATHS.contains(&request.uri().path());
+    let mut response = if needs_auth && !is_authorized(&config, basic_credentials(&request)).await {
+        let mut response = (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"anthropic-keys-exporter\", charset=\"UTF-8\""),
+        );
+        response
+    } else {
+        next.run(request).await
+    };
+    for (name, value) in &config.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+/// The user and password of a `Basic` authorization header.
+fn basic_credentials(request: &Request) -> Option<(String, String)> {
+    let encoded = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+async fn is_authorized(config: &Arc<WebConfig>, credentials: Option<(String, String)>) -> bool {
+    let Some((user, password)) = credentials else {
+        return false;
+    };
+    let config = Arc::clone(config);
+    // NB: bcrypt is slow on purpose; keep it off the async workers.
+    tokio::task::spawn_blocking(move || {
+        config
+            .basic_auth
+            .as_ref()
+            .is_some_and(|users| users.verify(&user, &password))
+    })
+    .await
+    .unwrap_or(false)
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
