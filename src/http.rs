@@ -12,6 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -55,17 +56,7 @@ pub fn router(state: AppState) -> Router {
                 .quality(CompressionLevel::Fastest),
         );
     if state.max_requests > 0 {
-        metrics = metrics.layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "too many concurrent scrapes; retry later\n",
-                    )
-                }))
-                .load_shed()
-                .concurrency_limit(state.max_requests),
-        );
+        metrics = limit_concurrency(metrics, state.max_requests);
     }
     let web_config = Arc::clone(&state.web_config);
     Router::new()
@@ -86,6 +77,24 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Requests beyond `max` in flight are answered 503 at once: a scrape that waits in a queue would
+/// only time out on the Prometheus side anyway, and the probes stay unaffected.
+fn limit_concurrency<S: Clone + Send + Sync + 'static>(router: Router<S>, max: usize) -> Router<S> {
+    router.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many concurrent scrapes; retry later\n",
+                )
+            }))
+            .load_shed()
+            // NB: a global limit: axum may build the route's service more than once, and a plain
+            // `concurrency_limit` would give each copy a semaphore of its own.
+            .layer(GlobalConcurrencyLimitLayer::new(max)),
+    )
 }
 
 /// Health and readiness stay open to probes (they reveal nothing); everything else needs the basic
@@ -222,4 +231,51 @@ fn html_escape(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tokio::sync::Notify;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn requests_beyond_the_limit_get_503_while_others_are_in_flight() {
+        // Arrange: a handler that stays in flight until released.
+        let release = Arc::new(Notify::new());
+        let entered = Arc::new(Notify::new());
+        let (release_in, entered_in) = (Arc::clone(&release), Arc::clone(&entered));
+        let router: Router = limit_concurrency(
+            Router::new().route(
+                "/slow",
+                get(move || {
+                    let (release, entered) = (Arc::clone(&release_in), Arc::clone(&entered_in));
+                    async move {
+                        entered.notify_one();
+                        release.notified().await;
+                        "done"
+                    }
+                }),
+            ),
+            1,
+        );
+        let request = || Request::builder().uri("/slow").body(Body::empty()).unwrap();
+        let first = tokio::spawn(router.clone().oneshot(request()));
+        entered.notified().await;
+
+        // Act
+        let second = router.clone().oneshot(request()).await.unwrap();
+        release.notify_one();
+        let first = first.await.unwrap().unwrap();
+        let third = tokio::spawn(router.clone().oneshot(request()));
+        entered.notified().await;
+        release.notify_one();
+        let third = third.await.unwrap().unwrap();
+
+        // Assert
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(third.status(), StatusCode::OK, "the permit comes back");
+    }
 }

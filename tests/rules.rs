@@ -61,8 +61,9 @@ fn anchor(heading: &str) -> String {
 
 #[test]
 fn every_alert_has_a_severity_and_annotations_and_its_runbook_section_exists() {
-    let rules: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(repository().join(RULES)).unwrap()).unwrap();
+    let rules: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(repository().join(RULES)).unwrap())
+            .unwrap();
     let runbook = std::fs::read_to_string(repository().join(RUNBOOK)).unwrap();
     let anchors: Vec<String> = runbook
         .lines()

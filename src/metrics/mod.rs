@@ -5,6 +5,7 @@ mod api_keys;
 mod exporter;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus::{Registry, TextEncoder};
 
@@ -18,6 +19,9 @@ use crate::snapshot::SnapshotStore;
 pub struct Exposition {
     registry: Registry,
     api_keys: Arc<ApiKeysMetrics>,
+    /// Size of the previous scrape, so the next one allocates its buffer once instead of doubling
+    /// its way up to megabytes (and leaving the allocator with a trail of freed blocks).
+    last_size: Arc<AtomicUsize>,
 }
 
 impl Exposition {
@@ -34,14 +38,16 @@ impl Exposition {
         Ok(Self {
             registry,
             api_keys: Arc::new(ApiKeysMetrics::new(store)),
+            last_size: Arc::new(AtomicUsize::new(64 * 1024)),
         })
     }
 
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
-        let mut text = String::with_capacity(64 * 1024);
+        let mut text = String::with_capacity(self.last_size.load(Ordering::Relaxed) + 4096);
         TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text)?;
         self.api_keys.encode(&mut text)?;
+        self.last_size.store(text.len(), Ordering::Relaxed);
         Ok(text.into_bytes())
     }
 }

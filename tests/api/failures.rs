@@ -67,14 +67,29 @@ async fn assert_failure_is_survived(failure: ResponseTemplate, reason: &str) {
     .await;
     let good = app.wait_for_first_poll().await;
     phase.store(1, Ordering::SeqCst);
-    let failed = app
-        .wait_for(&format!("two {reason} failures"), |m| {
+    let failing = |count: f64| {
+        move |m: &Metrics| {
             m.value(
                 "anthropic_exporter_poll_failures_total",
                 &[("reason", reason)],
             )
-            .is_some_and(|v| v >= 2.0)
-        })
+            .is_some_and(|v| v >= count)
+        }
+    };
+    let first_failure = app
+        .wait_for(&format!("a {reason} failure"), failing(1.0))
+        .await;
+    let first_count = first_failure
+        .value(
+            "anthropic_exporter_poll_failures_total",
+            &[("reason", reason)],
+        )
+        .unwrap();
+    let failed = app
+        .wait_for(
+            &format!("another {reason} failure"),
+            failing(first_count + 1.0),
+        )
         .await;
     let ready_while_failing = app.get("/readyz").await.status();
     phase.store(2, Ordering::SeqCst);

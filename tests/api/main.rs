@@ -15,3 +15,4 @@ mod inventory;
 mod pagination;
 mod process;
 mod retries;
+mod web;
