@@ -119,7 +119,8 @@ fn error_json(status: u16, kind: &str) -> ResponseTemplate {
         .insert_header("request-id", format!("req_fault_{status}").as_str())
         .set_body_json(json!({
             "type": "error",
-            "error": {"type": kind, "message": format!("simulated {kind}")},
+            // A careless proxy or upstream may echo the key back; it must not reach a log or a page.
+            "error": {"type": kind, "message": format!("simulated {kind} for x-api-key {ADMIN_KEY}")},
             "request_id": format!("req_fault_{status}"),
         }))
 }
@@ -433,6 +434,60 @@ async fn faults_a_retry_overcomes_and_unusual_valid_data_do_not_fail_the_poll() 
     assert!(failures.is_empty(), "failed rows:\n{}", failures.join("\n"));
 }
 
+/// Collects every log line of this test binary, at debug level.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_key_appears_in_no_log_line_while_every_fault_is_injected_at_debug_level() {
+    // Arrange: every upstream error message echoes the key (see `error_json`).
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .try_init()
+        .expect("this test owns the global subscriber");
+
+    // Act
+    let mut failures = run_concurrently(failing_faults()).await;
+    failures.extend(run_concurrently(tolerated_faults()).await);
+
+    // Assert
+    assert!(failures.is_empty(), "failed rows:\n{}", failures.join("\n"));
+    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        logs.lines().count() > 100,
+        "debug logging captured too little:\n{logs}"
+    );
+    assert!(
+        logs.contains("[REDACTED]"),
+        "the echoed key is scrubbed, visibly"
+    );
+    for (number, line) in logs.lines().enumerate() {
+        assert!(
+            !line.contains(ADMIN_KEY),
+            "log line {number} shows the admin key: {line}"
+        );
+        assert!(
+            !line.contains(&ADMIN_KEY[14..]),
+            "log line {number} shows part of the admin key: {line}"
+        );
+    }
+}
+
 #[test]
 fn the_fault_table_covers_every_failure_reason_the_upstream_can_cause() {
     // Arrange: `key_file` cannot come from the upstream.
@@ -625,6 +680,8 @@ async fn run_case(case: Case) {
             case.min_retry_gap
         );
     }
+
+    app.assert_no_secret_served().await;
 
     // Act: the upstream is good again, with one key more.
     upstream.set_phase(AFTER);
@@ -1056,6 +1113,14 @@ impl TestApp {
             .send()
             .await
             .expect("request reaches the exporter")
+    }
+
+    /// Every page the exporter serves, searched for the admin key.
+    async fn assert_no_secret_served(&self) {
+        for path in ["/", "/metrics", "/readyz", "/healthz"] {
+            let body = self.get(path).await.text().await.expect("a text body");
+            assert!(!body.contains(ADMIN_KEY), "{path} shows the admin key");
+        }
     }
 
     async fn metrics(&self) -> Metrics {

@@ -15,4 +15,5 @@ mod inventory;
 mod pagination;
 mod process;
 mod retries;
+mod rotation;
 mod web;
