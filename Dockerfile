@@ -8,6 +8,8 @@ ARG GIT_REVISION=unknown
 ENV GIT_REVISION=${GIT_REVISION}
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+# NB: Cargo.toml declares the benchmark, so cargo wants its source even for a plain build.
+COPY benches ./benches
 RUN cargo build --release --locked && \
     cp target/release/anthropic-keys-exporter /anthropic-keys-exporter
 

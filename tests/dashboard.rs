@@ -1,0 +1,189 @@
+//! The Grafana dashboard is importable and provisionable as shipped: a stable uid, a current schema, a
+//! data source variable every panel uses, the organization and workspace variables, unique panel ids,
+//! panels that do not overlap, and provisioning files that point at it. (That every query returns data
+//! from a real Prometheus is proven by `tests/e2e.rs`.)
+
+// A failed check should panic right where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+fn repository_file(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn dashboard() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(repository_file("dashboards/anthropic-keys-exporter.json"))
+            .unwrap(),
+    )
+    .expect("the dashboard is valid JSON")
+}
+
+/// Every panel, rows' nested panels included.
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    let mut all = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        all.push(panel);
+        all.extend(panel["panels"].as_array().into_iter().flatten());
+    }
+    all
+}
+
+#[test]
+fn the_dashboard_has_a_stable_identity_and_a_current_schema() {
+    let dashboard = dashboard();
+    assert_eq!(dashboard["uid"], "anthropic-keys-exporter");
+    assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 39);
+    assert!(
+        dashboard["id"].is_null(),
+        "an exported id would clash on import"
+    );
+    assert!(
+        dashboard.get("__inputs").is_none(),
+        "the data source is a variable, not an import input"
+    );
+}
+
+#[test]
+fn the_variables_select_data_source_organization_and_workspace() {
+    let dashboard = dashboard();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let by_name = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no ${name}"))
+    };
+    assert_eq!(by_name("datasource")["type"], "datasource");
+    assert_eq!(by_name("datasource")["query"], "prometheus");
+    for name in ["organization", "workspace"] {
+        let variable = by_name(name);
+        assert_eq!(variable["type"], "query", "{name}");
+        assert_eq!(variable["includeAll"], true, "{name}");
+        assert_eq!(variable["multi"], true, "{name}");
+        assert!(
+            variable["datasource"].to_string().contains("${datasource}"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn every_panel_uses_the_data_source_variable_and_has_a_place_of_its_own() {
+    let dashboard = dashboard();
+    let mut ids = HashSet::new();
+    let mut cells = HashSet::new();
+    for panel in panels(&dashboard) {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "duplicate id on {title:?}"
+        );
+        let grid = &panel["gridPos"];
+        let (x, y, w, h) = ["x", "y", "w", "h"]
+            .map(|k| grid[k].as_u64().unwrap())
+            .into();
+        assert!(x + w <= 24, "{title:?} is wider than the dashboard");
+        for cell_x in x..x + w {
+            for cell_y in y..y + h {
+                assert!(
+                    cells.insert((cell_x, cell_y)),
+                    "{title:?} overlaps another panel"
+                );
+            }
+        }
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert!(
+            panel["datasource"].to_string().contains("${datasource}"),
+            "{title:?} has a fixed data source"
+        );
+        let targets = panel["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{title:?} has no queries"));
+        assert!(!targets.is_empty(), "{title:?} has no queries");
+        for target in targets {
+            assert!(
+                target["expr"]
+                    .as_str()
+                    .is_some_and(|e| !e.trim().is_empty()),
+                "{title:?} has an empty query"
+            );
+            assert!(
+                target["datasource"].to_string().contains("${datasource}"),
+                "{title:?}: a query has a fixed data source"
+            );
+        }
+    }
+    assert!(ids.len() >= 12, "only {} panels", ids.len());
+}
+
+#[test]
+fn the_operator_facing_panels_are_all_there() {
+    let dashboard = dashboard();
+    let titles: Vec<String> = panels(&dashboard)
+        .iter()
+        .map(|p| p["title"].as_str().unwrap_or_default().to_lowercase())
+        .collect();
+    for wanted in [
+        "active keys",
+        "14 days",
+        "3 days",
+        "expired",
+        "without expiry",
+        "rotate next",
+        "by status",
+        "per workspace",
+        "age",
+        "poll duration",
+        "failures",
+        "requests",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(wanted)),
+            "no panel about {wanted:?} in {titles:?}"
+        );
+    }
+    let rotate_next = panels(&dashboard)
+        .into_iter()
+        .find(|p| p["title"] == "Rotate next")
+        .unwrap();
+    assert_eq!(rotate_next["type"], "table");
+    let steps = rotate_next.to_string();
+    assert!(
+        steps.contains("\"red\"") && steps.contains("\"green\""),
+        "colour thresholds"
+    );
+}
+
+#[test]
+fn provisioning_points_at_the_dashboard_and_a_prometheus_data_source() {
+    let datasources: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(repository_file(
+            "dashboards/grafana/provisioning/datasources/prometheus.yml",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let first = &datasources["datasources"][0];
+    assert_eq!(first["type"].as_str(), Some("prometheus"));
+    let providers: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(repository_file(
+            "dashboards/grafana/provisioning/dashboards/anthropic-keys-exporter.yml",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let provider = &providers["providers"][0];
+    assert_eq!(provider["type"].as_str(), Some("file"));
+    assert!(
+        provider["options"]["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with('/'))
+    );
+}
