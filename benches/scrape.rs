@@ -62,13 +62,23 @@ fn main() {
         let exposition = Exposition::new(&metrics, store).unwrap();
 
         let started = Instant::now();
-        let first = exposition.render().unwrap();
+        let first: usize = exposition
+            .render_chunks()
+            .unwrap()
+            .iter()
+            .map(|chunk| chunk.len())
+            .sum();
         let first_ms = started.elapsed().as_secs_f64() * 1000.0;
         let rounds = 10;
-        let mut size = first.len();
+        let mut size = first;
         let started = Instant::now();
         for _ in 0..rounds {
-            size = exposition.render().unwrap().len();
+            size = exposition
+                .render_chunks()
+                .unwrap()
+                .iter()
+                .map(|chunk| chunk.len())
+                .sum();
         }
         let scrape_ms = started.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds);
         let body = exposition.render().unwrap();

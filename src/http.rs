@@ -158,9 +158,18 @@ async fn is_authorized(config: &Arc<WebConfig>, credentials: Option<(String, Str
 
 async fn metrics(State(state): State<AppState>) -> Response {
     // NB: rendering tens of thousands of series is CPU work; keep it off the async workers.
-    let rendered = tokio::task::spawn_blocking(move || state.exposition.render()).await;
+    let rendered = tokio::task::spawn_blocking(move || state.exposition.render_chunks()).await;
     match rendered {
-        Ok(Ok(body)) => ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response(),
+        Ok(Ok(chunks)) => {
+            let stream = futures_util::stream::iter(
+                chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+            );
+            (
+                [(header::CONTENT_TYPE, TEXT_FORMAT)],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
+        }
         Ok(Err(error)) => {
             tracing::error!(error = %error, "Cannot render the metrics.");
             (

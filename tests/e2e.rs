@@ -8,18 +8,22 @@
 // Helpers panic to fail the test, which is what they are for.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anthropic_keys_exporter::app::App;
-use anthropic_keys_exporter::config::{Config, Invocation};
+use anthropic_keys_exporter::config::RetryPolicy;
 use anthropic_keys_exporter::demo::{Dataset, FakeAdminApi};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
+
+use common::admin_api::organization;
+use common::exporter::{RunningExporter, test_config};
 
 const ADMIN_KEY: &str = "sk-ant-admin01-E2E-0123456789";
 const HOSTILE_NAME: &str = "名前 \"quoted\" back\\slash\nnew line 🔑";
@@ -146,7 +150,7 @@ fn seeded_organization() -> Dataset {
     let workspace = |id: &str, name: &str| json!({"id": id, "type": "workspace", "name": name, "archived_at": null});
     Dataset {
         admin_key: ADMIN_KEY.to_owned(),
-        organization: json!({"id": "e2e-org-uuid", "type": "organization", "name": "E2E Org"}),
+        organization: organization("e2e-org-uuid", "E2E Org"),
         workspaces: vec![
             workspace("wrkspc_prod", "Production"),
             workspace("wrkspc_research", "Research"),
@@ -262,36 +266,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start_exporter(shutdown: &CancellationToken) -> String {
+/// The exporter in-process, with the default poll and retry settings, against a fake Admin API that
+/// serves the seeded organization until `shutdown` is cancelled.
+async fn start_exporter(shutdown: &CancellationToken) -> RunningExporter {
     let fake = FakeAdminApi::start(seeded_organization(), shutdown.clone())
         .await
         .unwrap();
     let base_url = fake.base_url().unwrap().to_string();
-    let args = [
-        "x",
-        "--anthropic.base-url",
-        &base_url,
-        "--web.listen-address",
-        "127.0.0.1:0",
-        "--organization",
-        "e2e",
-    ];
-    let Invocation::Run(config) = Config::parse(args, |name| {
-        (name == "ANTHROPIC_ADMIN_KEY").then(|| ADMIN_KEY.to_owned())
-    })
-    .unwrap() else {
-        panic!("unexpected help output")
-    };
-    let app = App::build(*config).await.unwrap();
-    let address = app.local_addr().to_string();
-    let token = app.shutdown_token();
-    let outer = shutdown.clone();
-    tokio::spawn(async move {
-        outer.cancelled().await;
-        token.cancel();
-    });
-    tokio::spawn(app.run_until_stopped());
-    address
+    let mut config = test_config(&base_url, ADMIN_KEY);
+    config.organization = "e2e".to_owned();
+    config.poll.retry = RetryPolicy::default();
+    RunningExporter::start(config).await
 }
 
 /// Every `expr` in the dashboard, with Grafana's variables replaced by what selects everything.
@@ -337,7 +322,7 @@ async fn real_prometheus_fires_exactly_the_expected_alerts_and_every_dashboard_q
     let started = Instant::now();
     let shutdown = CancellationToken::new();
     let exporter = start_exporter(&shutdown).await;
-    let prometheus = PrometheusServer::start(&exporter);
+    let prometheus = PrometheusServer::start(&exporter.address.to_string());
     let http = reqwest::Client::new();
     prometheus
         .wait_for(
@@ -448,7 +433,9 @@ async fn real_prometheus_fires_exactly_the_expected_alerts_and_every_dashboard_q
         .collect();
     assert_eq!(by_status["active"], 7.0, "{by_status:?}");
     assert_eq!(by_status["unknown"], 1.0, "{by_status:?}");
+    let stopped = exporter.stop().await;
     shutdown.cancel();
+    assert!(stopped.is_ok(), "{stopped:?}");
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "took {:?}",

@@ -13,26 +13,27 @@
 // Helpers outside `#[test]` functions panic on purpose: a broken expectation must fail the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anthropic_keys_exporter::app::{App, RunError};
-use anthropic_keys_exporter::config::{Config, Invocation, RetryPolicy};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use common::admin_api::{
+    KEYS_PATH, KeyFixture, ME_PATH, WORKSPACES_PATH, error_body, organization, page, workspace,
+};
+use common::exporter::{RunningExporter, test_config};
+use common::exposition::Metrics;
+
 const ADMIN_KEY: &str = "sk-ant-admin01-FAULTS-5e0c7a1d9b3f2468";
-const ME_PATH: &str = "/v1/organizations/me";
-const WORKSPACES_PATH: &str = "/v1/organizations/workspaces";
-const KEYS_PATH: &str = "/v1/organizations/api_keys";
 
 /// The phases of a case: the test moves the fake from one to the next after observing each state.
 const BEFORE: usize = 0;
@@ -115,14 +116,15 @@ fn http(responses: Vec<ResponseTemplate>, then: Then) -> Fault {
 }
 
 fn error_json(status: u16, kind: &str) -> ResponseTemplate {
+    let request_id = format!("req_fault_{status}");
     ResponseTemplate::new(status)
-        .insert_header("request-id", format!("req_fault_{status}").as_str())
-        .set_body_json(json!({
-            "type": "error",
+        .insert_header("request-id", request_id.as_str())
+        .set_body_json(error_body(
+            kind,
             // A careless proxy or upstream may echo the key back; it must not reach a log or a page.
-            "error": {"type": kind, "message": format!("simulated {kind} for x-api-key {ADMIN_KEY}")},
-            "request_id": format!("req_fault_{status}"),
-        }))
+            &format!("simulated {kind} for x-api-key {ADMIN_KEY}"),
+            &request_id,
+        ))
 }
 
 fn ok_raw(body: &str, content_type: &str) -> ResponseTemplate {
@@ -222,7 +224,7 @@ fn failing_faults() -> Vec<Case> {
             "an expiry that is not RFC 3339 is counted as decode",
             http(
                 vec![ResponseTemplate::new(200).set_body_json(page(
-                    &[key("k1").set("expires_at", json!("in two weeks")).0],
+                    &[KeyFixture::new("k1").expires_at("in two weeks").json()],
                     false,
                 ))],
                 Then::Repeat,
@@ -258,7 +260,7 @@ fn failing_faults() -> Vec<Case> {
             "a cursor that comes back forever is counted as pagination",
             http(
                 vec![ResponseTemplate::new(200).set_body_json(json!({
-                    "data": [key("k1").0], "has_more": true, "first_id": "k1", "last_id": "k1",
+                    "data": [KeyFixture::new("k1").json()], "has_more": true, "first_id": "k1", "last_id": "k1",
                 }))],
                 Then::Repeat,
             ),
@@ -371,11 +373,11 @@ fn tolerated_faults() -> Vec<Case> {
 /// The new page with k3 in a status the exporter does not know, and fields it has never seen.
 fn unknown_status_page() -> Value {
     let mut keys = after_keys();
-    keys[2] = key("k3")
-        .set("status", json!("suspended_by_policy"))
+    keys[2] = KeyFixture::new("k3")
+        .status("suspended_by_policy")
         .set("rotation_policy", json!({"every": "30d", "notify": [1, 2]}))
         .set("labels", json!(["a", null, 3.5]))
-        .0;
+        .json();
     let mut page = page(&keys, false);
     page["next_page"] = json!("opaque-cursor");
     page["total_count"] = json!(3);
@@ -730,72 +732,30 @@ async fn run_case(case: Case) {
 // The data
 // ---------------------------------------------------------------------------------------------------
 
-struct KeyJson(Value);
-
-impl KeyJson {
-    fn set(mut self, field: &str, value: Value) -> Self {
-        self.0[field] = value;
-        self
-    }
-}
-
-fn key(id: &str) -> KeyJson {
-    KeyJson(json!({
-        "id": id,
-        "type": "api_key",
-        "name": format!("name of {id}"),
-        "created_at": "2025-01-01T00:00:00Z",
-        "created_by": {"id": "user_01", "type": "user"},
-        "expires_at": null,
-        "partial_key_hint": "sk-ant-api03-abc...xyzA",
-        "status": "active",
-        "workspace_id": null,
-    }))
-}
-
 /// Two keys: one in a workspace that expires, one archived in the Default workspace.
 fn before_keys() -> Vec<Value> {
     vec![
-        key("k1")
-            .set(
-                "scope",
-                json!({"type": "workspace", "workspace_id": "wrkspc_prod"}),
-            )
-            .set("workspace_id", json!("wrkspc_prod"))
-            .set("expires_at", json!("2030-01-01T00:00:00Z"))
-            .0,
-        key("k2").set("status", json!("archived")).0,
+        KeyFixture::new("k1")
+            .in_workspace("wrkspc_prod")
+            .expires_at("2030-01-01T00:00:00Z")
+            .json(),
+        KeyFixture::new("k2").status("archived").json(),
     ]
 }
 
 /// The same two keys and a new one.
 fn after_keys() -> Vec<Value> {
     let mut keys = before_keys();
-    keys.push(key("k3").0);
+    keys.push(KeyFixture::new("k3").json());
     keys
 }
 
-fn page(items: &[Value], has_more: bool) -> Value {
-    json!({
-        "data": items,
-        "first_id": items.first().map(|item| item["id"].clone()),
-        "last_id": items.last().map(|item| item["id"].clone()),
-        "has_more": has_more,
-    })
-}
-
 fn organization_json() -> Value {
-    json!({"id": "org-uuid-1", "type": "organization", "name": "Acme Corp"})
+    organization("org-uuid-1", "Acme Corp")
 }
 
 fn workspaces_page() -> Value {
-    page(
-        &[
-            json!({"id": "wrkspc_prod", "type": "workspace", "name": "Production",
-                 "created_at": "2024-10-30T23:58:27.427722Z", "archived_at": null}),
-        ],
-        false,
-    )
+    page(&[workspace("wrkspc_prod", "Production")], false)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1059,60 +1019,30 @@ async fn misbehave(mut stream: TcpStream, fault: RawFault) -> std::io::Result<()
 // ---------------------------------------------------------------------------------------------------
 
 struct TestApp {
-    address: SocketAddr,
+    exporter: RunningExporter,
     http: reqwest::Client,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), RunError>>,
 }
 
 impl TestApp {
-    /// The exporter in-process: polls every 200 ms, request timeout 500 ms, retries after 5 ms.
+    /// The exporter in-process: polls every 200 ms, retries after 5 ms; the request timeout is generous so
+    /// that a busy machine never turns another fault into a `timeout`.
     async fn spawn(base_url: &str, max_retries: u32) -> Self {
-        let args = [
-            "anthropic-keys-exporter",
-            "--anthropic.base-url",
-            base_url,
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--organization",
-            "acme",
-        ];
-        let invocation = Config::parse(args, |name| {
-            (name == "ANTHROPIC_ADMIN_KEY").then(|| ADMIN_KEY.to_owned())
-        })
-        .expect("the test configuration is valid");
-        let Invocation::Run(mut config) = invocation else {
-            panic!("unexpected help output")
-        };
+        let mut config = test_config(base_url, ADMIN_KEY);
         config.poll.interval = Duration::from_millis(200);
-        config.poll.request_timeout = Duration::from_millis(500);
+        config.poll.request_timeout = Duration::from_secs(2);
         config.poll.deadline = Duration::from_secs(3);
-        config.poll.retry = RetryPolicy {
-            max_retries,
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(20),
-        };
-        let app = App::build(*config).await.expect("the app builds");
-        let address = app.local_addr();
-        let shutdown = app.shutdown_token();
-        let task = tokio::spawn(app.run_until_stopped());
+        config.poll.retry.max_retries = max_retries;
         Self {
-            address,
+            exporter: RunningExporter::start(config).await,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .expect("client builds"),
-            shutdown,
-            task,
         }
     }
 
     async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(format!("http://{}{path}", self.address))
-            .send()
-            .await
-            .expect("request reaches the exporter")
+        self.exporter.get(&self.http, path).await
     }
 
     /// Every page the exporter serves, searched for the admin key.
@@ -1123,41 +1053,21 @@ impl TestApp {
         }
     }
 
-    async fn metrics(&self) -> Metrics {
-        let response = self.get("/metrics").await;
-        assert_eq!(response.status(), 200, "/metrics");
-        Metrics::parse(&response.text().await.expect("body is text"))
-    }
-
     /// Waits until the metrics satisfy `condition`, for at most ten seconds.
     async fn wait_for(&self, what: &str, condition: impl Fn(&Metrics) -> bool) -> Metrics {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let metrics = self.metrics().await;
-            if condition(&metrics) {
-                return metrics;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last scrape:\n{}",
-                metrics.excerpt()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.exporter
+            .wait_for(&self.http, what, condition, Metrics::excerpt)
+            .await
     }
 
     /// No panic: the exporter's task still runs and says it is healthy.
     async fn assert_alive(&self) {
-        assert!(!self.task.is_finished(), "the exporter stopped");
+        assert!(self.exporter.is_running(), "the exporter stopped");
         assert_eq!(self.get("/healthz").await.status(), 200, "/healthz");
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        let stopped = tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the exporter stops within ten seconds")
-            .expect("the exporter task does not panic");
+        let stopped = self.exporter.stop().await;
         assert!(stopped.is_ok(), "{stopped:?}");
     }
 }
@@ -1167,150 +1077,4 @@ fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Reading /metrics
-// ---------------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-#[derive(Debug, Clone)]
-struct Metrics {
-    samples: Vec<Sample>,
-}
-
-impl Metrics {
-    fn parse(text: &str) -> Self {
-        let samples = text
-            .lines()
-            .filter(|line| !line.is_empty() && !line.starts_with('#'))
-            .map(|line| parse_sample(line).unwrap_or_else(|| panic!("unparseable line: {line}")))
-            .collect();
-        Self { samples }
-    }
-
-    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
-        self.samples
-            .iter()
-            .filter(|sample| sample.name == name)
-            .filter(|sample| {
-                labels
-                    .iter()
-                    .all(|(k, v)| sample.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .collect()
-    }
-
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let found = self.find(name, labels);
-        (found.len() == 1).then(|| found[0].value)
-    }
-
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.find(name, labels).iter().map(|s| s.value).sum()
-    }
-
-    fn up(&self) -> Option<f64> {
-        self.value("anthropic_up", &[])
-    }
-
-    fn failures(&self, reason: &str) -> f64 {
-        self.sum(
-            "anthropic_exporter_poll_failures_total",
-            &[("reason", reason)],
-        )
-    }
-
-    /// The ids of the keys exported, sorted.
-    fn keys(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .find("anthropic_api_key_info", &[])
-            .iter()
-            .filter_map(|sample| sample.labels.get("api_key_id").cloned())
-            .collect();
-        ids.sort();
-        ids
-    }
-
-    /// The API-key series, except the one computed at scrape time.
-    fn key_samples(&self) -> Vec<Sample> {
-        self.samples
-            .iter()
-            .filter(|s| {
-                s.name.starts_with("anthropic_api_key") || s.name == "anthropic_organization_info"
-            })
-            .filter(|s| s.name != "anthropic_api_key_expires_in_seconds")
-            .cloned()
-            .collect()
-    }
-
-    /// The exporter's own health series, for failure messages.
-    fn excerpt(&self) -> String {
-        self.samples
-            .iter()
-            .filter(|s| s.name.starts_with("anthropic_exporter_") || s.name == "anthropic_up")
-            .filter(|s| s.value != 0.0 || s.name == "anthropic_up")
-            .map(|s| format!("  {}{:?} {}", s.name, s.labels, s.value))
-            .chain(std::iter::once(format!("  keys: {:?}", self.keys())))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-/// One sample line of the text format, with the `\\`, `\"` and `\n` escapes of label values.
-fn parse_sample(line: &str) -> Option<Sample> {
-    let name_end = line.find(['{', ' '])?;
-    let name = line[..name_end].to_owned();
-    let mut labels = BTreeMap::new();
-    let mut rest = &line[name_end..];
-    if let Some(inner) = rest.strip_prefix('{') {
-        let mut chars = inner.char_indices();
-        loop {
-            let (start, c) = chars.next()?;
-            match c {
-                '}' => {
-                    rest = &inner[start + 1..];
-                    break;
-                }
-                ',' | ' ' => continue,
-                _ => {}
-            }
-            let eq = inner[start..].find('=')? + start;
-            let label = inner[start..eq].to_owned();
-            while chars.next()?.0 < eq + 1 {}
-            let mut value = String::new();
-            loop {
-                match chars.next()?.1 {
-                    '"' => break,
-                    '\\' => match chars.next()?.1 {
-                        'n' => value.push('\n'),
-                        '\\' => value.push('\\'),
-                        '"' => value.push('"'),
-                        other => {
-                            value.push('\\');
-                            value.push(other);
-                        }
-                    },
-                    other => value.push(other),
-                }
-            }
-            labels.insert(label, value);
-        }
-    }
-    let value = match rest.split_whitespace().next()? {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        other => other.parse().ok()?,
-    };
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
 }

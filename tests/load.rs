@@ -23,20 +23,24 @@
 // Helpers outside `#[test]` functions panic on purpose: a broken expectation must fail the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anthropic_keys_exporter::app::{App, RunError};
-use anthropic_keys_exporter::config::{Config, Invocation};
+use anthropic_keys_exporter::config::RetryPolicy;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use common::admin_api::{KEYS_PATH, ME_PATH, WORKSPACES_PATH, organization, page, workspace};
+use common::exporter::{RunningExporter, test_config};
+use common::exposition::Metrics;
 
 const ADMIN_KEY: &str = "sk-ant-admin01-LOAD-3c9e1f7a5b2d8046";
 const PAGE_SIZE: usize = 1000;
@@ -233,8 +237,8 @@ impl LoadReport {
 
 async fn run_load(settings: LoadSettings) -> LoadReport {
     let upstream = AlternatingAdminApi::start(settings.keys).await;
-    let exporter = Exporter::spawn(&upstream.server.uri(), settings.scrapers).await;
-    exporter.wait_until_ready().await;
+    let exporter = start_exporter(&upstream.server.uri(), settings.scrapers).await;
+    wait_until_ready(&exporter).await;
 
     let stop = CancellationToken::new();
     let scrapes_so_far = Arc::new(AtomicUsize::new(0));
@@ -243,7 +247,7 @@ async fn run_load(settings: LoadSettings) -> LoadReport {
     let scrapers: Vec<JoinHandle<ScraperTally>> = (0..settings.scrapers)
         .map(|_| {
             tokio::spawn(scrape_until_stopped(
-                exporter.metrics_url(),
+                exporter.url("/metrics"),
                 settings,
                 measured_from,
                 Arc::clone(&scrapes_so_far),
@@ -305,9 +309,10 @@ async fn run_load(settings: LoadSettings) -> LoadReport {
         tallies.push(scraper.await.expect("a scraper panicked"));
     }
     let elapsed = measured_from.elapsed();
-    let exporter_alive = !exporter.task.is_finished();
-    let health = exporter.poll_counters().await;
-    exporter.stop().await;
+    let exporter_alive = exporter.is_running();
+    let health = poll_counters(&exporter).await;
+    let stopped = exporter.stop().await;
+    assert!(stopped.is_ok(), "{stopped:?}");
 
     let mut latencies: Vec<Duration> = tallies
         .iter()
@@ -470,7 +475,7 @@ impl AlternatingAdminApi {
             .await;
         let polls = Arc::new(AtomicUsize::new(0));
         Mock::given(method("GET"))
-            .and(path("/v1/organizations/me"))
+            .and(path(ME_PATH))
             .respond_with(CountingPolls {
                 polls: Arc::clone(&polls),
             })
@@ -478,13 +483,14 @@ impl AlternatingAdminApi {
             .await;
         let workspaces: Vec<Value> = (0..20)
             .map(|i| {
-                json!({"id": format!("wrkspc_{i:02}"), "type": "workspace",
-                            "name": format!("Workspace {i} — équipe"), "archived_at": null,
-                            "created_at": "2024-10-30T23:58:27.427722Z"})
+                workspace(
+                    &format!("wrkspc_{i:02}"),
+                    &format!("Workspace {i} — équipe"),
+                )
             })
             .collect();
         Mock::given(method("GET"))
-            .and(path("/v1/organizations/workspaces"))
+            .and(path(WORKSPACES_PATH))
             .respond_with(ResponseTemplate::new(200).set_body_json(page(&workspaces, false)))
             .mount(&server)
             .await;
@@ -503,7 +509,7 @@ impl AlternatingAdminApi {
             pages.insert(after_id, (body, index + 1 == chunks.len()));
         }
         Mock::given(method("GET"))
-            .and(path("/v1/organizations/api_keys"))
+            .and(path(KEYS_PATH))
             .respond_with(KeyPages {
                 pages: Arc::new(pages),
                 polls: Arc::clone(&polls),
@@ -521,10 +527,10 @@ struct CountingPolls {
 impl Respond for CountingPolls {
     fn respond(&self, _: &Request) -> ResponseTemplate {
         self.polls.fetch_add(1, Ordering::SeqCst);
-        ResponseTemplate::new(200).set_body_json(json!({
-            "id": "00000000-0000-4000-8000-0000000010ad", "type": "organization",
-            "name": "Load \"test\" organization",
-        }))
+        ResponseTemplate::new(200).set_body_json(organization(
+            "00000000-0000-4000-8000-0000000010ad",
+            "Load \"test\" organization",
+        ))
     }
 }
 
@@ -581,119 +587,61 @@ fn generated_key(i: usize) -> Value {
     })
 }
 
-fn page(items: &[Value], has_more: bool) -> Value {
-    json!({
-        "data": items,
-        "first_id": items.first().map(|item| item["id"].clone()),
-        "last_id": items.last().map(|item| item["id"].clone()),
-        "has_more": has_more,
-    })
-}
-
 // ---------------------------------------------------------------------------------------------------
 // The exporter under test
 // ---------------------------------------------------------------------------------------------------
 
-struct Exporter {
-    address: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), RunError>>,
+/// In-process, polling every second without retries, so that a failing page fails the poll.
+/// `--web.max-requests` (default 40) is raised to the number of scrapers: above it the exporter sheds
+/// scrapes with 503 by design, and this test is about the scrapes it does serve.
+async fn start_exporter(base_url: &str, scrapers: usize) -> RunningExporter {
+    let mut config = test_config(base_url, ADMIN_KEY);
+    config.organization = "load".to_owned();
+    config.poll.interval = Duration::from_secs(1);
+    config.poll.retry = RetryPolicy {
+        max_retries: 0,
+        ..RetryPolicy::default()
+    };
+    config.max_requests = scrapers.max(40);
+    // NB: the configuration caps the timeout and deadline at the interval; an unoptimised build
+    // under full scrape load can need longer to read 10,000 keys, and a timeout is not what this
+    // test is about.
+    config.poll.request_timeout = Duration::from_secs(10);
+    config.poll.deadline = Duration::from_secs(20);
+    RunningExporter::start(config).await
 }
 
-impl Exporter {
-    /// In-process, polling every second without retries, so that a failing page fails the poll.
-    /// `--web.max-requests` (default 40) is raised to the number of scrapers: above it the exporter
-    /// sheds scrapes with 503 by design, and this test is about the scrapes it does serve.
-    async fn spawn(base_url: &str, scrapers: usize) -> Self {
-        let max_requests = scrapers.max(40).to_string();
-        let args = [
-            "anthropic-keys-exporter",
-            "--anthropic.base-url",
-            base_url,
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--organization",
-            "load",
-            "--poll.interval",
-            "1s",
-            "--poll.max-retries",
-            "0",
-            "--web.max-requests",
-            &max_requests,
-        ];
-        let invocation = Config::parse(args, |name| {
-            (name == "ANTHROPIC_ADMIN_KEY").then(|| ADMIN_KEY.to_owned())
-        })
-        .expect("the load configuration is valid");
-        let Invocation::Run(mut config) = invocation else {
-            panic!("unexpected help output")
-        };
-        // NB: the configuration caps the timeout and deadline at the interval; an unoptimised build
-        // under full scrape load can need longer to read 10,000 keys, and a timeout is not what this
-        // test is about.
-        config.poll.request_timeout = Duration::from_secs(10);
-        config.poll.deadline = Duration::from_secs(20);
-        let app = App::build(*config).await.expect("the app builds");
-        let address = app.local_addr();
-        let shutdown = app.shutdown_token();
-        let task = tokio::spawn(app.run_until_stopped());
-        Self {
-            address,
-            shutdown,
-            task,
+async fn wait_until_ready(exporter: &RunningExporter) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = client
+            .get(exporter.url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == 200);
+        if ready {
+            return;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the first poll did not succeed within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
 
-    fn metrics_url(&self) -> String {
-        format!("http://{}/metrics", self.address)
-    }
-
-    async fn wait_until_ready(&self) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = client
-                .get(format!("http://{}/readyz", self.address))
-                .send()
-                .await
-                .is_ok_and(|response| response.status() == 200);
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the first poll did not succeed within a minute"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// `anthropic_exporter_polls_total` and the sum of `anthropic_exporter_poll_failures_total`.
-    async fn poll_counters(&self) -> (f64, f64) {
-        let text = reqwest::get(self.metrics_url())
-            .await
-            .expect("the exporter answers")
-            .text()
-            .await
-            .expect("the body is text");
-        let sum = |prefix: &str| -> f64 {
-            text.lines()
-                .filter(|line| line.starts_with(prefix))
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
-        (
-            sum("anthropic_exporter_polls_total{"),
-            sum("anthropic_exporter_poll_failures_total{"),
-        )
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let stopped = tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the exporter stops within ten seconds")
-            .expect("the exporter task does not panic");
-        assert!(stopped.is_ok(), "{stopped:?}");
-    }
+/// `anthropic_exporter_polls_total` and the sum of `anthropic_exporter_poll_failures_total`.
+async fn poll_counters(exporter: &RunningExporter) -> (f64, f64) {
+    let text = reqwest::get(exporter.url("/metrics"))
+        .await
+        .expect("the exporter answers")
+        .text()
+        .await
+        .expect("the body is text");
+    let metrics = Metrics::parse(&text);
+    (
+        metrics.sum("anthropic_exporter_polls_total", &[]),
+        metrics.sum("anthropic_exporter_poll_failures_total", &[]),
+    )
 }

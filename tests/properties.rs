@@ -10,6 +10,8 @@
 // Helpers outside `#[test]` functions panic on purpose: a broken expectation must fail the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -20,6 +22,9 @@ use anthropic_keys_exporter::snapshot::{Snapshot, SnapshotStore};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{Value, json};
+
+use common::admin_api::{organization, page};
+use common::exposition::{Sample, parse_exposition, parse_sample};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -230,7 +235,7 @@ fn mutated_key_page() -> impl Strategy<Value = Vec<u8>> {
                     key
                 })
                 .collect();
-            let mut page = page(keys);
+            let mut page = page(&keys, false);
             mutate(&mut page, PAGE_FIELDS, &page_mutations);
             serde_json::to_vec(&page).unwrap()
         })
@@ -239,7 +244,7 @@ fn mutated_key_page() -> impl Strategy<Value = Vec<u8>> {
 fn mutated_workspace_page() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec((hostile_text(), mutations(WORKSPACE_FIELDS.len())), 0..3).prop_map(
         |workspaces| {
-            let workspaces = workspaces
+            let workspaces: Vec<Value> = workspaces
                 .into_iter()
                 .enumerate()
                 .map(|(index, (name, workspace_mutations))| {
@@ -254,14 +259,14 @@ fn mutated_workspace_page() -> impl Strategy<Value = Vec<u8>> {
                     workspace
                 })
                 .collect();
-            serde_json::to_vec(&page(workspaces)).unwrap()
+            serde_json::to_vec(&page(&workspaces, false)).unwrap()
         },
     )
 }
 
 fn mutated_organization() -> impl Strategy<Value = Vec<u8>> {
     (hostile_text(), mutations(ORGANIZATION_FIELDS.len())).prop_map(|(name, org_mutations)| {
-        let mut organization = json!({"id": "org-uuid-1", "type": "organization", "name": name});
+        let mut organization = organization("org-uuid-1", &name);
         mutate(&mut organization, ORGANIZATION_FIELDS, &org_mutations);
         serde_json::to_vec(&organization).unwrap()
     })
@@ -273,15 +278,6 @@ fn maybe_truncated(bytes: Vec<u8>, cut: Option<prop::sample::Index>) -> Vec<u8> 
         Some(index) if !bytes.is_empty() => bytes[..index.index(bytes.len())].to_vec(),
         _ => bytes,
     }
-}
-
-fn page(items: Vec<Value>) -> Value {
-    json!({
-        "first_id": items.first().map(|item| item["id"].clone()),
-        "last_id": items.last().map(|item| item["id"].clone()),
-        "has_more": false,
-        "data": items,
-    })
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -488,135 +484,6 @@ fn render(organization: &str, snapshot: Snapshot) -> String {
     store.publish(organization, snapshot);
     let exposition = Exposition::new(&metrics, store).unwrap();
     String::from_utf8(exposition.render().unwrap()).expect("the exposition is UTF-8")
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// A strict parser of the Prometheus text format (version 0.0.4): every line is a well-formed comment
-/// or sample, label values use only the escapes `\\`, `\"` and `\n`, and no label appears twice.
-fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
-    let body = text
-        .strip_suffix('\n')
-        .ok_or("the exposition does not end with a newline")?;
-    let mut samples = Vec::new();
-    for (number, line) in body.split('\n').enumerate() {
-        if line.starts_with('#') {
-            let mut words = line.splitn(4, ' ');
-            let (hash, kind, name) = (words.next(), words.next(), words.next());
-            let well_formed = hash == Some("#")
-                && matches!(kind, Some("HELP" | "TYPE"))
-                && name.is_some_and(is_metric_name);
-            if !well_formed {
-                return Err(format!("line {}: malformed comment {line:?}", number + 1));
-            }
-            continue;
-        }
-        samples.push(parse_sample(line).map_err(|error| format!("line {}: {error}", number + 1))?);
-    }
-    Ok(samples)
-}
-
-fn is_metric_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-fn parse_sample(line: &str) -> Result<Sample, String> {
-    let mut chars = line.chars().peekable();
-    let mut name = String::new();
-    while let Some(&c) = chars.peek() {
-        if !(c.is_ascii_alphanumeric() || c == '_' || c == ':') {
-            break;
-        }
-        name.push(c);
-        chars.next();
-    }
-    if !is_metric_name(&name) {
-        return Err(format!("bad metric name in {line:?}"));
-    }
-    let mut labels = BTreeMap::new();
-    if chars.peek() == Some(&'{') {
-        chars.next();
-        loop {
-            if chars.peek() == Some(&'}') {
-                chars.next();
-                break;
-            }
-            let mut label = String::new();
-            while let Some(&c) = chars.peek() {
-                if !(c.is_ascii_alphanumeric() || c == '_') {
-                    break;
-                }
-                label.push(c);
-                chars.next();
-            }
-            if label.is_empty() || label.starts_with(|c: char| c.is_ascii_digit()) {
-                return Err(format!("bad label name in {line:?}"));
-            }
-            if chars.next() != Some('=') || chars.next() != Some('"') {
-                return Err(format!("expected =\" after {label} in {line:?}"));
-            }
-            let mut value = String::new();
-            loop {
-                match chars.next() {
-                    None => return Err(format!("unterminated value of {label} in {line:?}")),
-                    Some('"') => break,
-                    Some('\\') => match chars.next() {
-                        Some('\\') => value.push('\\'),
-                        Some('"') => value.push('"'),
-                        Some('n') => value.push('\n'),
-                        other => {
-                            return Err(format!("invalid escape \\{other:?} in {line:?}"));
-                        }
-                    },
-                    Some(c) => value.push(c),
-                }
-            }
-            if labels.insert(label.clone(), value).is_some() {
-                return Err(format!("label {label} twice in {line:?}"));
-            }
-            match chars.next() {
-                Some(',') => continue,
-                Some('}') => break,
-                other => return Err(format!("expected , or }} but found {other:?} in {line:?}")),
-            }
-        }
-    }
-    if chars.next() != Some(' ') {
-        return Err(format!("no space before the value in {line:?}"));
-    }
-    let rest: String = chars.collect();
-    let mut fields = rest.split(' ');
-    let value = match fields.next() {
-        Some("+Inf") => f64::INFINITY,
-        Some("-Inf") => f64::NEG_INFINITY,
-        Some("NaN") => f64::NAN,
-        Some(number) => number
-            .parse()
-            .map_err(|_| format!("bad value {number:?} in {line:?}"))?,
-        None => return Err(format!("no value in {line:?}")),
-    };
-    if let Some(timestamp) = fields.next() {
-        timestamp
-            .parse::<i64>()
-            .map_err(|_| format!("bad timestamp in {line:?}"))?;
-    }
-    if fields.next().is_some() {
-        return Err(format!("trailing text in {line:?}"));
-    }
-    Ok(Sample {
-        name,
-        labels,
-        value,
-    })
 }
 
 #[test]

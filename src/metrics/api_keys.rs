@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 
@@ -99,8 +100,11 @@ pub struct ApiKeysMetrics {
 #[derive(Debug)]
 struct RenderedOrganization {
     snapshot: Arc<Snapshot>,
-    families: Vec<String>,
+    /// Reference-counted: every scrape sends the same bytes.
+    families: Vec<Bytes>,
     expires_in: Vec<(String, f64)>,
+    /// About how long the `expires_in` text is, to allocate it once per scrape.
+    expires_in_len: usize,
 }
 
 impl ApiKeysMetrics {
@@ -113,7 +117,9 @@ impl ApiKeysMetrics {
     }
 
     /// Appends every API-key family, in the Prometheus text format, to `out`.
-    pub fn encode(&self, out: &mut String) -> Result<(), prometheus::Error> {
+    /// Appends every API-key family, in the Prometheus text format, to `chunks`. The text that only
+    /// changes with a poll is shared with every other scrape rather than copied.
+    pub fn encode(&self, chunks: &mut Vec<Bytes>) -> Result<(), prometheus::Error> {
         let now = unix_seconds(SystemTime::now());
         let organizations = self
             .store
@@ -130,15 +136,19 @@ impl ApiKeysMetrics {
             if empty {
                 continue;
             }
-            let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
-            let _ = writeln!(out, "# TYPE {} gauge", family.name);
+            chunks.push(Bytes::from(format!(
+                "# HELP {} {}\n# TYPE {} gauge\n",
+                family.name, family.help, family.name
+            )));
             for rendered in &organizations {
                 if is_expires_in {
+                    let mut text = String::with_capacity(rendered.expires_in_len);
                     for (series, expires_at) in &rendered.expires_in {
-                        let _ = writeln!(out, "{series} {}", expires_at - now);
+                        let _ = writeln!(text, "{series} {}", expires_at - now);
                     }
+                    chunks.push(Bytes::from(text));
                 } else {
-                    out.push_str(&rendered.families[index]);
+                    chunks.push(rendered.families[index].clone());
                 }
             }
         }
@@ -184,15 +194,17 @@ fn render_organization(
                     expires_in.push((series.to_owned(), value.parse().unwrap_or_default()));
                 }
             }
-            families.push(String::new());
+            families.push(Bytes::new());
         } else {
-            families.push(text);
+            families.push(Bytes::from(text));
         }
     }
+    let expires_in_len = expires_in.iter().map(|(series, _)| series.len() + 24).sum();
     Ok(RenderedOrganization {
         snapshot,
         families,
         expires_in,
+        expires_in_len,
     })
 }
 

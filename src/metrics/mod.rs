@@ -5,7 +5,8 @@ mod api_keys;
 mod exporter;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
 
 use prometheus::{Registry, TextEncoder};
 
@@ -19,9 +20,6 @@ use crate::snapshot::SnapshotStore;
 pub struct Exposition {
     registry: Registry,
     api_keys: Arc<ApiKeysMetrics>,
-    /// Size of the previous scrape, so the next one allocates its buffer once instead of doubling
-    /// its way up to megabytes (and leaving the allocator with a trail of freed blocks).
-    last_size: Arc<AtomicUsize>,
 }
 
 impl Exposition {
@@ -38,16 +36,26 @@ impl Exposition {
         Ok(Self {
             registry,
             api_keys: Arc::new(ApiKeysMetrics::new(store)),
-            last_size: Arc::new(AtomicUsize::new(64 * 1024)),
         })
     }
 
-    /// Renders every metric in the Prometheus text format.
+    /// Renders every metric in the Prometheus text format, as chunks to send one after the other: the
+    /// large, poll-to-poll constant parts are shared between scrapes instead of copied into each.
+    pub fn render_chunks(&self) -> Result<Vec<Bytes>, prometheus::Error> {
+        let mut own = String::with_capacity(16 * 1024);
+        TextEncoder::new().encode_utf8(&self.registry.gather(), &mut own)?;
+        let mut chunks = vec![Bytes::from(own)];
+        self.api_keys.encode(&mut chunks)?;
+        Ok(chunks)
+    }
+
+    /// Renders every metric in the Prometheus text format, as one buffer.
     pub fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
-        let mut text = String::with_capacity(self.last_size.load(Ordering::Relaxed) + 4096);
-        TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text)?;
-        self.api_keys.encode(&mut text)?;
-        self.last_size.store(text.len(), Ordering::Relaxed);
-        Ok(text.into_bytes())
+        let chunks = self.render_chunks()?;
+        let mut text = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+        for chunk in chunks {
+            text.extend_from_slice(&chunk);
+        }
+        Ok(text)
     }
 }

@@ -32,6 +32,15 @@ impl Respond for Phased {
 
 /// Runs good poll, failed polls, good poll, and checks what each looks like from outside.
 async fn assert_failure_is_survived(failure: ResponseTemplate, reason: &str) {
+    // NB: generous, so that a busy test machine never turns a fault into a `timeout`.
+    assert_failure_with_timeout_is_survived(failure, reason, Duration::from_secs(3)).await;
+}
+
+async fn assert_failure_with_timeout_is_survived(
+    failure: ResponseTemplate,
+    reason: &str,
+    request_timeout: Duration,
+) {
     // Arrange: the listing succeeds, then fails until the test says so, then succeeds with one more key.
     let server = MockServer::start().await;
     mount_organization(&server, "org-uuid-1", "Acme Corp").await;
@@ -62,7 +71,7 @@ async fn assert_failure_is_survived(failure: ResponseTemplate, reason: &str) {
     let app = spawn_app_with(server, |config| {
         config.poll.interval = Duration::from_millis(200);
         config.poll.retry.max_retries = 0;
-        config.poll.request_timeout = Duration::from_millis(500);
+        config.poll.request_timeout = request_timeout;
     })
     .await;
     let good = app.wait_for_first_poll().await;
@@ -205,7 +214,7 @@ async fn a_slow_upstream_is_reported_as_timeout() {
     let failure = ResponseTemplate::new(200)
         .set_body_json(page(&[KeyFixture::new("slow").json()], false))
         .set_delay(Duration::from_secs(2));
-    assert_failure_is_survived(failure, "timeout").await;
+    assert_failure_with_timeout_is_survived(failure, "timeout", Duration::from_millis(500)).await;
 }
 
 #[tokio::test]

@@ -1,18 +1,18 @@
 //! Spawning the exporter (in-process or as the real binary) against a fake Admin API, and reading what
 //! it serves.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anthropic_keys_exporter::app::{App, RunError};
-use anthropic_keys_exporter::config::{Config, Invocation, RetryPolicy};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use anthropic_keys_exporter::app::RunError;
+use anthropic_keys_exporter::config::Config;
 use wiremock::MockServer;
+
+use crate::common::exporter::{RunningExporter, test_config};
+pub(crate) use crate::common::exposition::{Metrics, Sample};
 
 /// The admin key every test uses. Long and distinctive, so a leak anywhere is found by a substring search.
 pub(crate) const ADMIN_KEY: &str = "sk-ant-admin01-TESTSECRET-7f3a9c1e5b2d4680";
@@ -22,67 +22,34 @@ pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
     pub(crate) admin_api: MockServer,
     pub(crate) http: reqwest::Client,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), RunError>>,
-}
-
-/// A configuration as the command line would give it, pointed at `base_url`, with fast retries and
-/// only the first poll (tests that need more polls shorten the interval).
-pub(crate) fn test_config(base_url: &str) -> Config {
-    let args = [
-        "anthropic-keys-exporter",
-        "--anthropic.base-url",
-        base_url,
-        "--web.listen-address",
-        "127.0.0.1:0",
-        "--organization",
-        "acme",
-        "--poll.interval",
-        "1h",
-        "--poll.timeout",
-        "2s",
-        "--poll.deadline",
-        "10s",
-    ];
-    let invocation = Config::parse(args, |name| {
-        (name == "ANTHROPIC_ADMIN_KEY").then(|| ADMIN_KEY.to_owned())
-    })
-    .expect("the test configuration is valid");
-    let Invocation::Run(mut config) = invocation else {
-        panic!("unexpected help output")
-    };
-    config.poll.retry = RetryPolicy {
-        max_retries: 2,
-        initial_backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(20),
-    };
-    *config
+    exporter: RunningExporter,
 }
 
 pub(crate) async fn spawn_app(admin_api: MockServer) -> TestApp {
     spawn_app_with(admin_api, |_| {}).await
 }
 
+/// The exporter against `admin_api`, configured as the command line would with fast retries, polling
+/// only once (tests that need more polls shorten the interval), then changed by `customize`.
 pub(crate) async fn spawn_app_with(
     admin_api: MockServer,
     customize: impl FnOnce(&mut Config),
 ) -> TestApp {
     init_test_logging();
-    let mut config = test_config(&admin_api.uri());
+    let mut config = test_config(&admin_api.uri(), ADMIN_KEY);
+    config.poll.interval = Duration::from_secs(60 * 60);
+    config.poll.request_timeout = Duration::from_secs(2);
+    config.poll.deadline = Duration::from_secs(10);
     customize(&mut config);
-    let app = App::build(config).await.expect("the app builds");
-    let address = app.local_addr();
-    let shutdown = app.shutdown_token();
-    let task = tokio::spawn(app.run_until_stopped());
+    let exporter = RunningExporter::start(config).await;
     TestApp {
-        address,
+        address: exporter.address,
         admin_api,
         http: reqwest::Client::builder()
             .no_gzip()
             .build()
             .expect("client builds"),
-        shutdown,
-        task,
+        exporter,
     }
 }
 
@@ -101,25 +68,19 @@ fn init_test_logging() {
 
 impl TestApp {
     pub(crate) fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
+        self.exporter.url(path)
     }
 
     pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request reaches the exporter")
+        self.exporter.get(&self.http, path).await
     }
 
     pub(crate) async fn metrics_text(&self) -> String {
-        let response = self.get("/metrics").await;
-        assert_eq!(response.status(), 200);
-        response.text().await.expect("body is text")
+        self.exporter.scrape(&self.http).await
     }
 
     pub(crate) async fn metrics(&self) -> Metrics {
-        Metrics::parse(&self.metrics_text().await)
+        self.exporter.metrics(&self.http).await
     }
 
     /// Waits until the exporter's metrics satisfy `condition`, for at most ten seconds.
@@ -128,19 +89,9 @@ impl TestApp {
         what: &str,
         condition: impl Fn(&Metrics) -> bool,
     ) -> Metrics {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let metrics = self.metrics().await;
-            if condition(&metrics) {
-                return metrics;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last scrape:\n{}",
-                metrics.text
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.exporter
+            .wait_for(&self.http, what, condition, |metrics| metrics.text.clone())
+            .await
     }
 
     /// Waits for the first poll to finish, successfully or not.
@@ -159,132 +110,8 @@ impl TestApp {
     }
 
     pub(crate) async fn stop(self) -> Result<(), RunError> {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the exporter stops within ten seconds")
-            .expect("the exporter task does not panic")
+        self.exporter.stop().await
     }
-}
-
-/// One sample of the text exposition format.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Sample {
-    pub(crate) name: String,
-    pub(crate) labels: BTreeMap<String, String>,
-    pub(crate) value: f64,
-}
-
-/// A parsed scrape. The parser handles the escapes of the text format (`\\`, `\"`, `\n`); the hostile
-/// name test cross-checks our output with the official Python client's parser as well.
-#[derive(Debug, Clone)]
-pub(crate) struct Metrics {
-    pub(crate) text: String,
-    pub(crate) samples: Vec<Sample>,
-}
-
-impl Metrics {
-    pub(crate) fn parse(text: &str) -> Self {
-        let samples = text
-            .lines()
-            .filter(|line| !line.is_empty() && !line.starts_with('#'))
-            .map(|line| parse_sample(line).unwrap_or_else(|| panic!("unparseable line: {line}")))
-            .collect();
-        Self {
-            text: text.to_owned(),
-            samples,
-        }
-    }
-
-    /// All samples named `name` whose labels include `labels`.
-    pub(crate) fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
-        self.samples
-            .iter()
-            .filter(|sample| sample.name == name)
-            .filter(|sample| {
-                labels
-                    .iter()
-                    .all(|(k, v)| sample.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .collect()
-    }
-
-    /// The value of the only sample named `name` with `labels`; panics if several match.
-    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let found = self.find(name, labels);
-        assert!(
-            found.len() <= 1,
-            "{name}{labels:?} matches {} samples",
-            found.len()
-        );
-        found.first().map(|sample| sample.value)
-    }
-
-    pub(crate) fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.find(name, labels)
-            .iter()
-            .map(|sample| sample.value)
-            .sum()
-    }
-
-    /// Samples of the API-key families, for comparing two scrapes.
-    pub(crate) fn key_samples(&self) -> Vec<Sample> {
-        self.samples
-            .iter()
-            .filter(|s| {
-                s.name.starts_with("anthropic_api_key") || s.name == "anthropic_organization_info"
-            })
-            .filter(|s| s.name != "anthropic_api_key_expires_in_seconds")
-            .cloned()
-            .collect()
-    }
-}
-
-fn parse_sample(line: &str) -> Option<Sample> {
-    let name_end = line.find(['{', ' '])?;
-    let name = line[..name_end].to_owned();
-    let mut labels = BTreeMap::new();
-    let mut rest = &line[name_end..];
-    if let Some(after_brace) = rest.strip_prefix('{') {
-        let mut chars = after_brace.char_indices();
-        loop {
-            let (start, c) = chars.next()?;
-            if c == '}' {
-                rest = &after_brace[start + 1..];
-                break;
-            }
-            if c == ',' {
-                continue;
-            }
-            let eq = after_brace[start..].find('=')? + start;
-            let key = after_brace[start..eq].to_owned();
-            while chars.next()?.0 < eq + 1 {}
-            let mut value = String::new();
-            loop {
-                let (_, c) = chars.next()?;
-                match c {
-                    '"' => break,
-                    '\\' => match chars.next()?.1 {
-                        'n' => value.push('\n'),
-                        other => value.push(other),
-                    },
-                    other => value.push(other),
-                }
-            }
-            labels.insert(key, value);
-        }
-    }
-    let value = rest.trim().split(' ').next()?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        other => other.parse().ok()?,
-    };
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
 }
 
 /// Parses `text` with `prometheus_client.parser` from the official Python client, an independent

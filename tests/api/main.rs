@@ -4,6 +4,8 @@
 // exactly how a helper should fail a test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../common/mod.rs"]
+mod common;
 mod fixtures;
 mod helpers;
 
