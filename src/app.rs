@@ -85,6 +85,7 @@ impl App {
 
         let organizations = [config.organization.as_str()];
         let metrics = Arc::new(ExporterMetrics::new(organizations)?);
+        metrics.set_poll_interval(&config.organization, config.poll.interval);
         let store = Arc::new(SnapshotStore::new(organizations));
         let exposition = Exposition::new(&metrics, Arc::clone(&store))?;
         let client = AdminApiClient::new(

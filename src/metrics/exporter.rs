@@ -13,6 +13,7 @@ pub struct ExporterMetrics {
     up: GaugeVec,
     last_success: GaugeVec,
     poll_duration: GaugeVec,
+    poll_interval: GaugeVec,
     polls: IntCounterVec,
     poll_failures: IntCounterVec,
     api_requests: IntCounterVec,
@@ -44,6 +45,13 @@ impl ExporterMetrics {
                 Opts::new(
                     "anthropic_exporter_poll_duration_seconds",
                     "Duration of the last background poll of the Admin API, retries included.",
+                ),
+                &["organization"],
+            )?,
+            poll_interval: GaugeVec::new(
+                Opts::new(
+                    "anthropic_exporter_poll_interval_seconds",
+                    "Configured interval between background polls of the Admin API, for staleness alerts.",
                 ),
                 &["organization"],
             )?,
@@ -94,11 +102,18 @@ impl ExporterMetrics {
         registry.register(Box::new(self.up.clone()))?;
         registry.register(Box::new(self.last_success.clone()))?;
         registry.register(Box::new(self.poll_duration.clone()))?;
+        registry.register(Box::new(self.poll_interval.clone()))?;
         registry.register(Box::new(self.polls.clone()))?;
         registry.register(Box::new(self.poll_failures.clone()))?;
         registry.register(Box::new(self.api_requests.clone()))?;
         registry.register(Box::new(self.build_info.clone()))?;
         Ok(())
+    }
+
+    pub fn set_poll_interval(&self, organization: &str, interval: Duration) {
+        self.poll_interval
+            .with_label_values(&[organization])
+            .set(interval.as_secs_f64());
     }
 
     pub fn record_api_request(&self, organization: &str, endpoint: Endpoint, code: &str) {
