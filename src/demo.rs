@@ -102,10 +102,7 @@ async fn workspaces(
     headers: HeaderMap,
     Query(query): Query<PageQuery>,
 ) -> Response {
-    if !is_authorized(&dataset, &headers) {
-        return unauthorized();
-    }
-    page(&dataset.workspaces, &query)
+    authorized_page(&dataset, &headers, &query, &dataset.workspaces)
 }
 
 async fn api_keys(
@@ -113,10 +110,19 @@ async fn api_keys(
     headers: HeaderMap,
     Query(query): Query<PageQuery>,
 ) -> Response {
-    if !is_authorized(&dataset, &headers) {
+    authorized_page(&dataset, &headers, &query, &dataset.api_keys)
+}
+
+fn authorized_page(
+    dataset: &Dataset,
+    headers: &HeaderMap,
+    query: &PageQuery,
+    items: &[Value],
+) -> Response {
+    if !is_authorized(dataset, headers) {
         return unauthorized();
     }
-    page(&dataset.api_keys, &query)
+    page(items, query)
 }
 
 /// Cursor pagination as the API documents it: `limit` 1–1000 (default 20), `after_id`, and an envelope
