@@ -169,7 +169,10 @@ impl App {
             poll_interval = %humantime::format_duration(config.poll.interval),
             admin_key = %config.admin_key.as_ref().map_or_else(|| "demo".to_owned(), AdminKeySource::describe),
             demo = config.demo,
-            tls = config.web_config_file.is_some(),
+            web_config = %config
+                .web_config_file
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |path| path.display().to_string()),
             "Starting anthropic-keys-exporter."
         );
 
