@@ -188,11 +188,12 @@ fn render_organization(
     for (family, metrics) in FAMILIES.iter().zip(metrics) {
         let text = sample_lines(family, metrics)?;
         if std::ptr::eq(*family, &EXPIRES_IN) {
-            // The value encoded here is the expiry time; the series name is everything before it.
-            for line in text.lines() {
-                if let Some((series, value)) = line.rsplit_once(' ') {
-                    expires_in.push((series.to_owned(), value.parse().unwrap_or_default()));
-                }
+            // Keep each series' escaped name (the line up to its value) beside its key's expiry; the
+            // lines follow the keys' order, as `collect_organization` emits them.
+            let expiries = snapshot.keys.iter().filter_map(|key| key.expires_at);
+            for (line, expires_at) in text.lines().zip(expiries) {
+                let series = line.rsplit_once(' ').map_or(line, |(series, _)| series);
+                expires_in.push((series.to_owned(), expires_at));
             }
             families.push(Bytes::new());
         } else {
