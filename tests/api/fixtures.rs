@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use wiremock::matchers::{header, method, path, query_param, query_param_is_missing};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, MockServer, Respond, ResponseTemplate};
 
 use crate::common::admin_api::organization;
 pub(crate) use crate::common::admin_api::{
@@ -55,6 +55,19 @@ pub(crate) async fn mount_key_pages(server: &MockServer, pages: &[Vec<Value>]) {
             .mount(server)
             .await;
     }
+}
+
+/// An organization without workspaces whose key listing always answers with `keys`.
+pub(crate) async fn organization_answering_keys_with(keys: impl Respond + 'static) -> MockServer {
+    let server = MockServer::start().await;
+    mount_organization(&server, "org-uuid-1", "Acme Corp").await;
+    mount_workspaces(&server, &[]).await;
+    Mock::given(method("GET"))
+        .and(path(KEYS_PATH))
+        .respond_with(keys)
+        .mount(&server)
+        .await;
+    server
 }
 
 /// The organization, one workspace and the given keys on a single page, each answered any number of times.

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use wiremock::matchers::{method, path};
+use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::fixtures::*;
@@ -11,18 +11,12 @@ use crate::helpers::*;
 #[tokio::test]
 async fn readiness_waits_for_the_first_successful_poll() {
     // Arrange: the key listing takes a second.
-    let server = MockServer::start().await;
-    mount_organization(&server, "org-uuid-1", "Acme Corp").await;
-    mount_workspaces(&server, &[]).await;
-    Mock::given(method("GET"))
-        .and(path(KEYS_PATH))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(page(&[KeyFixture::new("k1").json()], false))
-                .set_delay(Duration::from_secs(1)),
-        )
-        .mount(&server)
-        .await;
+    let server = organization_answering_keys_with(
+        ResponseTemplate::new(200)
+            .set_body_json(page(&[KeyFixture::new("k1").json()], false))
+            .set_delay(Duration::from_secs(1)),
+    )
+    .await;
 
     // Act
     let app = spawn_app(server).await;

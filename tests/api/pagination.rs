@@ -56,16 +56,9 @@ async fn more_than_a_thousand_keys_are_read_over_several_pages() {
 #[tokio::test]
 async fn a_repeated_cursor_fails_the_poll_instead_of_looping() {
     // Arrange: the second page points back at itself.
-    let server = MockServer::start().await;
-    mount_organization(&server, "org-uuid-1", "Acme Corp").await;
-    mount_workspaces(&server, &[]).await;
-    Mock::given(method("GET"))
-        .and(path(KEYS_PATH))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+    let server = organization_answering_keys_with(ResponseTemplate::new(200).set_body_json(json!({
             "data": [KeyFixture::new("loop").json()], "first_id": "loop", "last_id": "loop", "has_more": true
-        })))
-        .mount(&server)
-        .await;
+        }))).await;
 
     // Act
     let app = spawn_app(server).await;
@@ -94,16 +87,10 @@ async fn a_repeated_cursor_fails_the_poll_instead_of_looping() {
 #[tokio::test]
 async fn has_more_without_any_cursor_fails_the_poll() {
     // Arrange
-    let server = MockServer::start().await;
-    mount_organization(&server, "org-uuid-1", "Acme Corp").await;
-    mount_workspaces(&server, &[]).await;
-    Mock::given(method("GET"))
-        .and(path(KEYS_PATH))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(json!({"data": [], "has_more": true})),
-        )
-        .mount(&server)
-        .await;
+    let server = organization_answering_keys_with(
+        ResponseTemplate::new(200).set_body_json(json!({"data": [], "has_more": true})),
+    )
+    .await;
 
     // Act
     let app = spawn_app(server).await;

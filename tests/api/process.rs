@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{MockServer, ResponseTemplate};
 
 use crate::fixtures::*;
 use crate::helpers::*;
@@ -11,19 +10,13 @@ use crate::helpers::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_key_never_appears_in_logs_metrics_or_pages() {
     // Arrange: an upstream that echoes the key back in its error message, and debug logging.
-    let server = MockServer::start().await;
-    mount_organization(&server, "org-uuid-1", "Acme Corp").await;
-    mount_workspaces(&server, &[]).await;
     let echo = format!("invalid x-api-key: {ADMIN_KEY}");
-    Mock::given(method("GET"))
-        .and(path(KEYS_PATH))
-        .respond_with(
-            ResponseTemplate::new(401)
-                .insert_header("request-id", "req_echo_401")
-                .set_body_json(error_body("authentication_error", &echo, "req_echo_401")),
-        )
-        .mount(&server)
-        .await;
+    let server = organization_answering_keys_with(
+        ResponseTemplate::new(401)
+            .insert_header("request-id", "req_echo_401")
+            .set_body_json(error_body("authentication_error", &echo, "req_echo_401")),
+    )
+    .await;
     let base_url = server.uri();
     let exporter = ExporterProcess::start(
         &[
@@ -85,22 +78,16 @@ async fn the_admin_key_never_appears_in_logs_metrics_or_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_logs_one_info_line_and_failed_polls_log_a_warning_with_the_request_id() {
     // Arrange
-    let server = MockServer::start().await;
-    mount_organization(&server, "org-uuid-1", "Acme Corp").await;
-    mount_workspaces(&server, &[]).await;
-    Mock::given(method("GET"))
-        .and(path(KEYS_PATH))
-        .respond_with(
-            ResponseTemplate::new(500)
-                .insert_header("request-id", "req_500_abc")
-                .set_body_json(error_body(
-                    "api_error",
-                    "Internal server error",
-                    "req_500_abc",
-                )),
-        )
-        .mount(&server)
-        .await;
+    let server = organization_answering_keys_with(
+        ResponseTemplate::new(500)
+            .insert_header("request-id", "req_500_abc")
+            .set_body_json(error_body(
+                "api_error",
+                "Internal server error",
+                "req_500_abc",
+            )),
+    )
+    .await;
     let base_url = server.uri();
 
     // Act

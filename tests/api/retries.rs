@@ -3,8 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{Request, Respond, ResponseTemplate};
 
 use crate::fixtures::*;
 use crate::helpers::*;
@@ -38,18 +37,6 @@ impl Respond for Scripted {
     }
 }
 
-async fn organization_with_scripted_keys(script: &Scripted) -> MockServer {
-    let server = MockServer::start().await;
-    mount_organization(&server, "org-uuid-1", "Acme Corp").await;
-    mount_workspaces(&server, &[]).await;
-    Mock::given(method("GET"))
-        .and(path(KEYS_PATH))
-        .respond_with(script.clone())
-        .mount(&server)
-        .await;
-    server
-}
-
 fn keys_page() -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(page(&[KeyFixture::new("k1").json()], false))
 }
@@ -68,7 +55,7 @@ async fn a_429_is_retried_after_the_delay_the_server_asks_for() {
             )),
         keys_page(),
     ]);
-    let server = organization_with_scripted_keys(&script).await;
+    let server = organization_answering_keys_with(script.clone()).await;
 
     // Act
     let app = spawn_app(server).await;
@@ -109,7 +96,7 @@ async fn retry_after_ms_takes_precedence_over_retry_after() {
             .insert_header("retry-after", "30"),
         keys_page(),
     ]);
-    let server = organization_with_scripted_keys(&script).await;
+    let server = organization_answering_keys_with(script.clone()).await;
 
     // Act
     let app = spawn_app(server).await;
@@ -129,7 +116,7 @@ async fn retry_after_ms_takes_precedence_over_retry_after() {
 async fn a_500_then_success_is_a_successful_poll() {
     // Arrange
     let script = Scripted::new(vec![ResponseTemplate::new(500), keys_page()]);
-    let server = organization_with_scripted_keys(&script).await;
+    let server = organization_answering_keys_with(script.clone()).await;
 
     // Act
     let app = spawn_app(server).await;
@@ -163,7 +150,7 @@ async fn a_500_then_success_is_a_successful_poll() {
 async fn persistent_server_errors_give_up_after_the_configured_retries() {
     // Arrange
     let script = Scripted::new(vec![ResponseTemplate::new(503)]);
-    let server = organization_with_scripted_keys(&script).await;
+    let server = organization_answering_keys_with(script.clone()).await;
 
     // Act
     let app = spawn_app(server).await;
@@ -187,7 +174,7 @@ async fn a_retry_that_would_overrun_the_poll_deadline_is_not_attempted() {
     let script = Scripted::new(vec![
         ResponseTemplate::new(429).insert_header("retry-after", "30"),
     ]);
-    let server = organization_with_scripted_keys(&script).await;
+    let server = organization_answering_keys_with(script.clone()).await;
     let started = Instant::now();
 
     // Act
@@ -220,7 +207,7 @@ async fn rejected_and_forbidden_keys_are_not_retried() {
         let script = Scripted::new(vec![
             ResponseTemplate::new(status).set_body_json(error_body("x", "no", "req_1")),
         ]);
-        let server = organization_with_scripted_keys(&script).await;
+        let server = organization_answering_keys_with(script.clone()).await;
 
         // Act
         let app = spawn_app(server).await;
