@@ -128,32 +128,35 @@ impl ExporterMetrics {
         duration: Duration,
         finished_at: SystemTime,
     ) {
-        self.polls.with_label_values(&[organization]).inc();
-        self.up.with_label_values(&[organization]).set(1.0);
-        self.poll_duration
-            .with_label_values(&[organization])
-            .set(duration.as_secs_f64());
         let timestamp = finished_at
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|since_epoch| since_epoch.as_secs_f64())
             .unwrap_or_default();
+        // NB: `up` goes last, so a scrape that sees it at 1 also sees this poll's timestamp and
+        // duration, never the previous poll's.
         self.last_success
             .with_label_values(&[organization])
             .set(timestamp);
+        self.poll_duration
+            .with_label_values(&[organization])
+            .set(duration.as_secs_f64());
+        self.polls.with_label_values(&[organization]).inc();
+        self.up.with_label_values(&[organization]).set(1.0);
     }
 
     /// Counts, flags and logs a failed poll: the one place where poll failures are reported. A rejected
     /// or powerless admin key is an ERROR, since an operator must act; anything else is a WARN.
     pub fn record_poll_failure(&self, organization: &str, error: &ApiError, duration: Duration) {
         let reason = error.reason();
+        // NB: the counters go last, so a scrape that sees this failure counted also sees `up` at 0.
+        self.poll_duration
+            .with_label_values(&[organization])
+            .set(duration.as_secs_f64());
+        self.up.with_label_values(&[organization]).set(0.0);
         self.polls.with_label_values(&[organization]).inc();
         self.poll_failures
             .with_label_values(&[organization, reason.as_str()])
             .inc();
-        self.up.with_label_values(&[organization]).set(0.0);
-        self.poll_duration
-            .with_label_values(&[organization])
-            .set(duration.as_secs_f64());
         let request_id = error.request_id().unwrap_or("none");
         let message = error_chain(error);
         match reason {
