@@ -29,6 +29,17 @@ pub struct Dataset {
     pub organization: Value,
     pub workspaces: Vec<Value>,
     pub api_keys: Vec<Value>,
+    pub users: Vec<Value>,
+    /// What the usage report is computed from.
+    pub usage: Vec<UsageEvent>,
+}
+
+/// Tokens one key (or the Console Workbench, without a key) used at one moment.
+#[derive(Debug, Clone)]
+pub struct UsageEvent {
+    pub api_key_id: Option<String>,
+    pub at: OffsetDateTime,
+    pub output_tokens: u64,
 }
 
 /// A running fake Admin API.
@@ -46,6 +57,8 @@ impl FakeAdminApi {
             .route("/v1/organizations/me", get(organization))
             .route("/v1/organizations/workspaces", get(workspaces))
             .route("/v1/organizations/api_keys", get(api_keys))
+            .route("/v1/organizations/users", get(users))
+            .route("/v1/organizations/usage_report/messages", get(usage_report))
             .with_state(Arc::new(dataset));
         tokio::spawn(async move {
             let served = axum::serve(listener, router)
@@ -111,6 +124,99 @@ async fn api_keys(
     Query(query): Query<PageQuery>,
 ) -> Response {
     authorized_page(&dataset, &headers, &query, &dataset.api_keys)
+}
+
+async fn users(
+    State(dataset): State<Arc<Dataset>>,
+    headers: HeaderMap,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    authorized_page(&dataset, &headers, &query, &dataset.users)
+}
+
+#[derive(Debug, Deserialize)]
+struct ReportQuery {
+    starting_at: String,
+    bucket_width: Option<String>,
+    limit: Option<i64>,
+    page: Option<String>,
+}
+
+/// The messages usage report grouped by `api_key_id`, as the API documents it: buckets from
+/// `starting_at` (or from the `page` token) up to now, at most `limit` per page, `next_page` while
+/// more remain.
+async fn usage_report(
+    State(dataset): State<Arc<Dataset>>,
+    headers: HeaderMap,
+    Query(query): Query<ReportQuery>,
+) -> Response {
+    if !is_authorized(&dataset, &headers) {
+        return unauthorized();
+    }
+    let (width, default_limit, max_limit) = match query.bucket_width.as_deref().unwrap_or("1d") {
+        "1d" => (Duration::days(1), 7, 31),
+        "1h" => (Duration::hours(1), 24, 168),
+        _ => return bad_request("bucket_width must be 1d or 1h"),
+    };
+    let limit = query.limit.unwrap_or(default_limit).clamp(1, max_limit);
+    let start = match query.page.as_deref() {
+        Some(token) => token
+            .strip_prefix("page_")
+            .and_then(|seconds| seconds.parse::<i64>().ok())
+            .and_then(|seconds| OffsetDateTime::from_unix_timestamp(seconds).ok()),
+        None => OffsetDateTime::parse(&query.starting_at, &Rfc3339).ok(),
+    };
+    let Some(start) = start else {
+        return bad_request("invalid starting_at or page");
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut bucket_start = snap(start, width);
+    let mut data = Vec::new();
+    while bucket_start < now && (data.len() as i64) < limit {
+        let bucket_end = bucket_start + width;
+        let mut per_key: std::collections::BTreeMap<Option<String>, u64> = Default::default();
+        for event in &dataset.usage {
+            if event.at >= bucket_start && event.at < bucket_end {
+                *per_key.entry(event.api_key_id.clone()).or_default() += event.output_tokens;
+            }
+        }
+        let results: Vec<Value> = per_key
+            .into_iter()
+            .map(|(api_key_id, tokens)| {
+                json!({"api_key_id": api_key_id, "workspace_id": null, "model": null, "service_tier": null,
+                       "context_window": null, "uncached_input_tokens": tokens * 3,
+                       "cache_creation": {"ephemeral_1h_input_tokens": 0, "ephemeral_5m_input_tokens": 0},
+                       "cache_read_input_tokens": 0, "output_tokens": tokens,
+                       "server_tool_use": {"web_search_requests": 0}})
+            })
+            .collect();
+        data.push(json!({"starting_at": at_text(bucket_start), "ending_at": at_text(bucket_end), "results": results}));
+        bucket_start = bucket_end;
+    }
+    let has_more = bucket_start < now;
+    Json(json!({
+        "data": data,
+        "has_more": has_more,
+        "next_page": has_more.then(|| format!("page_{}", bucket_start.unix_timestamp())),
+    }))
+    .into_response()
+}
+
+/// Buckets snap to the start of the hour or day in UTC.
+fn snap(at: OffsetDateTime, width: Duration) -> OffsetDateTime {
+    let seconds = width.whole_seconds();
+    let snapped = at.unix_timestamp().div_euclid(seconds) * seconds;
+    OffsetDateTime::from_unix_timestamp(snapped).unwrap_or(at)
+}
+
+fn at_text(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+fn bad_request(message: &str) -> Response {
+    let body =
+        json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}});
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 fn authorized_page(
@@ -369,8 +475,67 @@ pub fn demo_dataset(now: OffsetDateTime) -> Dataset {
         })
         .collect();
 
+    let user = |id: &str, name: &str, email: &str, role: &str| {
+        json!({"id": id, "type": "user", "name": name, "email": email, "role": role,
+               "added_at": at(Duration::days(-800))})
+    };
+    // Bob has left the organization: his keys are orphaned.
+    let users = vec![
+        user(
+            "user_demo_alice",
+            "Alice Martin",
+            "alice@acme.example",
+            "admin",
+        ),
+        user(
+            "user_demo_carol",
+            "Carol Chen",
+            "carol@acme.example",
+            "developer",
+        ),
+        user(
+            "user_demo_dan",
+            "Dan Okafor",
+            "dan@acme.example",
+            "developer",
+        ),
+        user(
+            "user_demo_erin",
+            "Erin Ruiz",
+            "erin@acme.example",
+            "billing",
+        ),
+    ];
+    // Recent use of most active keys; some keys have not been used for weeks, some never.
+    let used = |index: usize, ago: Duration| UsageEvent {
+        api_key_id: Some(format!("apikey_demo_{index:03}")),
+        at: now + ago,
+        output_tokens: 1_000 + index as u64,
+    };
+    let mut usage = vec![
+        used(0, h(-1)),
+        used(0, d(-3)),
+        used(1, d(-2)),
+        used(2, Duration::minutes(-20)),
+        used(3, d(-20)),
+        used(5, Duration::minutes(-40)),
+        used(9, d(-1)),
+        used(11, h(-5)),
+        used(16, d(-8)),
+        UsageEvent {
+            api_key_id: None,
+            at: now + h(-2),
+            output_tokens: 500,
+        },
+    ];
+    for worker in 0..12 {
+        usage.push(used(17 + worker, h(-(worker as i64) - 1)));
+    }
+
     Dataset {
         admin_key: DEMO_ADMIN_KEY.to_owned(),
+        users,
+        usage,
         organization: json!({
             "id": "00000000-0000-4000-8000-00000000de70",
             "type": "organization",

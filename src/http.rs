@@ -19,8 +19,8 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::metrics::Exposition;
+use crate::metrics::SnapshotStore;
 use crate::poller::PollerHealth;
-use crate::snapshot::SnapshotStore;
 use crate::web_config::{WebConfig, WebConfigSource};
 
 /// Paths the telemetry path may not take.

@@ -1,4 +1,4 @@
-//! anthropic-keys-exporter: lists every API key of an Anthropic organization through the Admin API in
+//! anthropic-keys-exporter: lists every API key of Anthropic organizations through the Admin API in
 //! the background and serves what it learned as Prometheus metrics.
 //!
 //! The binary in `main.rs` only parses the configuration and runs an [`app::App`]; everything else lives
@@ -8,12 +8,15 @@ pub mod admin_api;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod poller;
 pub mod secret;
 pub mod server;
+pub mod sharding;
 pub mod snapshot;
+pub mod sources;
 pub mod telemetry;
 pub mod web_config;
 

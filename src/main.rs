@@ -22,7 +22,18 @@ fn main() -> ExitCode {
         }
     };
     if config.check_only {
-        println!("anthropic-keys-exporter: configuration is valid");
+        // NB: parsing already read the config file and every key it names; say what was checked.
+        let organizations = match config.organizations(&|name| std::env::var(name).ok()) {
+            Ok(organizations) => organizations.len(),
+            Err(_) if config.demo => 1,
+            Err(error) => {
+                eprintln!("anthropic-keys-exporter: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        println!(
+            "anthropic-keys-exporter: configuration is valid ({organizations} organization(s))"
+        );
         return ExitCode::SUCCESS;
     }
     if let Err(error) = telemetry::init(&config.log) {
@@ -52,6 +63,23 @@ fn main() -> ExitCode {
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let app = App::build(config).await?;
     let shutdown = app.shutdown_token();
+    #[cfg(unix)]
+    {
+        let reload = app.reload_handle();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hangups) => {
+                tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        tracing::info!("Received SIGHUP; reloading the configuration.");
+                        reload.reload();
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "Cannot listen for SIGHUP; reloads only follow file changes.")
+            }
+        }
+    }
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("Received a shutdown signal; stopping.");

@@ -1,142 +1,332 @@
-//! The background loop: poll once at start, then every interval, until shutdown. Each poll either
-//! publishes a complete new snapshot or leaves the previous one in place and reports why.
+//! Schedules the sources of one organization. Each source runs on its own: its own interval,
+//! deadline and outcome, and its own last good data, so a failing usage report never freezes the key
+//! inventory. After every success the organization's snapshot is rebuilt from the last good data of
+//! all sources, rendered, and published.
+//!
+//! Polls are spread over each interval: the first round runs at once (bounded by the global request
+//! limit), then every source settles on a phase of its own within its interval, derived from the
+//! organization's name, plus a little jitter, so that many organizations do not poll in lockstep.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::time::{Instant, MissedTickBehavior};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin_api::{AdminApiClient, ApiError};
-use crate::metrics::ExporterMetrics;
-use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::metrics::{ExporterMetrics, RenderedOrganization, SnapshotStore};
+use crate::snapshot::{BuildOptions, Snapshot};
+use crate::sources::{LastGood, Source, SourceKind};
+
+/// `/healthz` allows a key-inventory poll to be this late beyond its interval and deadline.
+pub const HEALTH_SLACK: Duration = Duration::from_secs(60);
+
+/// What every organization's poller publishes to.
+#[derive(Debug, Clone)]
+pub struct Publishing {
+    pub store: Arc<SnapshotStore>,
+    pub metrics: ExporterMetrics,
+    pub health: Arc<PollerHealth>,
+    pub options: BuildOptions,
+}
 
 /// Polls one organization.
 #[derive(Debug)]
 pub struct Poller {
     organization: String,
     client: AdminApiClient,
-    store: Arc<SnapshotStore>,
-    metrics: Arc<ExporterMetrics>,
-    interval: Duration,
+    sources: Vec<Arc<dyn Source>>,
     deadline: Duration,
+    publishing: Publishing,
+    /// Instant all phases are counted from, shared by every organization of the process.
+    epoch: Instant,
+    state: tokio::sync::Mutex<LastGood>,
 }
 
 impl Poller {
     pub fn new(
         organization: &str,
         client: AdminApiClient,
-        store: Arc<SnapshotStore>,
-        metrics: Arc<ExporterMetrics>,
-        interval: Duration,
+        sources: Vec<Arc<dyn Source>>,
         deadline: Duration,
+        publishing: Publishing,
+        epoch: Instant,
     ) -> Self {
         Self {
             organization: organization.to_owned(),
             client,
-            store,
-            metrics,
-            interval,
+            sources,
             deadline,
+            publishing,
+            epoch,
+            state: tokio::sync::Mutex::new(LastGood::default()),
         }
     }
 
-    /// Polls until `shutdown` is cancelled; an in-flight poll is abandoned at shutdown.
+    /// Polls every source until `shutdown` is cancelled; in-flight polls are abandoned at shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.interval);
-        // NB: after a slow poll, wait a full interval again rather than bursting to catch up.
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                _ = ticker.tick() => {}
-            }
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                _ = self.poll_once() => {}
-            }
+        // NB: the key inventory's first poll waits for the first attempt of the sources listed before
+        // it (workspaces, users...), so the first keys published already carry names; each of those
+        // attempts is bounded by the deadline, and a failed one does not hold anything back.
+        let first_round = Semaphore::new(0);
+        let inventory_position = self
+            .sources
+            .iter()
+            .position(|source| source.kind() == SourceKind::ApiKeys);
+        let loops = self.sources.iter().enumerate().map(|(index, source)| {
+            let before_inventory = inventory_position.is_some_and(|position| index < position)
+                && source.kind() != SourceKind::Usage;
+            let waits_for = match (source.kind(), inventory_position) {
+                (SourceKind::ApiKeys, Some(position)) => self.sources[..position]
+                    .iter()
+                    .filter(|source| source.kind() != SourceKind::Usage)
+                    .count() as u32,
+                _ => 0,
+            };
+            self.run_source(source.as_ref(), &first_round, before_inventory, waits_for)
+        });
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {}
+            _ = futures_util::future::join_all(loops) => {}
         }
         tracing::debug!(organization = %self.organization, "Poller stopped.");
     }
 
-    /// One complete poll. The error has already been counted and logged when this returns.
-    pub async fn poll_once(&self) -> Result<(), ApiError> {
+    async fn run_source(
+        &self,
+        source: &dyn Source,
+        first_round: &Semaphore,
+        before_inventory: bool,
+        waits_for: u32,
+    ) {
+        if waits_for > 0 {
+            let _ = first_round.acquire_many(waits_for).await;
+        }
+        let phase = phase_of(&self.organization, source.kind(), source.interval());
+        let mut first = true;
+        loop {
+            let started = Instant::now();
+            // NB: a failure has been counted and logged; the next poll comes at the next interval.
+            let _ = self.poll_source(source).await;
+            if first && before_inventory {
+                first_round.add_permits(1);
+            }
+            first = false;
+            let next = next_start(self.epoch, started, source.interval(), phase);
+            tokio::time::sleep_until(next).await;
+        }
+    }
+
+    /// One poll of one source. The error has already been counted and logged when this returns.
+    pub async fn poll_source(&self, source: &dyn Source) -> Result<(), ApiError> {
+        let kind = source.kind();
         let started = Instant::now();
-        let result = match self.client.fetch_inventory(self.deadline).await {
-            Ok(inventory) => Snapshot::from_inventory(inventory, SystemTime::now()),
-            Err(error) => Err(error),
-        };
+        let fetched = self
+            .client
+            .fetch(self.deadline, async |session| source.fetch(session).await)
+            .await;
         let duration = started.elapsed();
-        let snapshot = match result {
-            Ok(snapshot) => snapshot,
+        let metrics = &self.publishing.metrics;
+        let update = match fetched {
+            Ok(update) => update,
             Err(error) => {
-                self.metrics
-                    .record_poll_failure(&self.organization, &error, duration);
+                metrics.record_source_failure(&self.organization, kind, &error, duration);
+                if kind == SourceKind::ApiKeys {
+                    self.inventory_poll_finished(false);
+                }
                 return Err(error);
             }
         };
-        let previous = self.store.get(&self.organization);
-        let unknown_changed = previous
+        let mut state = self.state.lock().await;
+        let unknown_before = state
+            .api_keys
             .as_ref()
-            .is_none_or(|previous| previous.unknown_statuses != snapshot.unknown_statuses);
-        if unknown_changed && !snapshot.unknown_statuses.is_empty() {
-            tracing::warn!(
-                organization = %self.organization,
-                statuses = ?snapshot.unknown_statuses,
-                "Some keys have a status this exporter does not know; they are exported with status=\"unknown\"."
-            );
+            .map(|inventory| inventory.unknown_statuses.clone());
+        update(&mut state);
+        if kind == SourceKind::ApiKeys {
+            self.warn_about_new_statuses(&state, unknown_before);
         }
-        let keys = snapshot.keys.len();
-        let workspaces = snapshot.workspaces.len();
-        self.store.publish(&self.organization, snapshot);
-        self.metrics
-            .record_poll_success(&self.organization, duration, SystemTime::now());
-        if previous.is_none() {
-            tracing::info!(
-                organization = %self.organization,
-                keys,
-                workspaces,
-                duration_ms = duration.as_millis() as u64,
-                "First successful poll of the Admin API; the exporter is ready."
-            );
+        let last = state.clone();
+        let organization = self.organization.clone();
+        let options = self.publishing.options;
+        // NB: joining and rendering tens of thousands of keys is CPU work; keep it off the async workers.
+        let rendered = tokio::task::spawn_blocking(move || {
+            let snapshot = Snapshot::build(&last, options);
+            (
+                RenderedOrganization::render(&organization, &snapshot),
+                snapshot.keys.len(),
+            )
+        })
+        .await;
+        let Ok((rendered, keys)) = rendered else {
+            tracing::error!(organization = %self.organization, "Rendering a snapshot panicked.");
+            return Ok(());
+        };
+        self.publishing
+            .store
+            .publish(&self.organization, Arc::new(rendered));
+        drop(state);
+        metrics.record_source_success(&self.organization, kind, duration, SystemTime::now());
+        if kind == SourceKind::ApiKeys {
+            let first = self.inventory_poll_finished(true);
+            let duration_ms = duration.as_millis() as u64;
+            if first {
+                tracing::info!(
+                    organization = %self.organization,
+                    keys,
+                    duration_ms,
+                    "First successful poll of the organization's API keys."
+                );
+            } else {
+                tracing::debug!(organization = %self.organization, keys, duration_ms, "Polled the API keys.");
+            }
         } else {
-            tracing::debug!(
-                organization = %self.organization,
-                keys,
-                workspaces,
-                duration_ms = duration.as_millis() as u64,
-                "Polled the Admin API."
-            );
+            tracing::debug!(organization = %self.organization, source = kind.label(), "Polled a source.");
         }
         Ok(())
     }
+
+    /// Records a finished key-inventory poll; true for the first successful one.
+    fn inventory_poll_finished(&self, succeeded: bool) -> bool {
+        self.publishing
+            .health
+            .inventory_poll_finished(&self.organization);
+        let first = succeeded && !self.publishing.health.has_succeeded(&self.organization);
+        if succeeded {
+            self.publishing.health.mark_succeeded(&self.organization);
+        }
+        self.publishing
+            .store
+            .record_inventory_poll(&self.organization, succeeded);
+        first
+    }
+
+    fn warn_about_new_statuses(
+        &self,
+        state: &LastGood,
+        before: Option<std::collections::BTreeSet<String>>,
+    ) {
+        let Some(now) = state.api_keys.as_ref().map(|i| &i.unknown_statuses) else {
+            return;
+        };
+        if !now.is_empty() && before.as_ref() != Some(now) {
+            tracing::warn!(
+                organization = %self.organization,
+                statuses = ?now,
+                "Some keys have a status this exporter does not know; they are exported with status=\"unknown\"."
+            );
+        }
+    }
 }
 
-/// How many pollers are running, for `/healthz`: a process whose poller died would otherwise serve a
-/// frozen snapshot while looking healthy.
+/// Where within its interval a source of an organization polls, from a hash of both names: stable
+/// across restarts, spread evenly over many organizations.
+fn phase_of(organization: &str, source: SourceKind, interval: Duration) -> Duration {
+    let digest = Sha256::new()
+        .chain_update(organization.as_bytes())
+        .chain_update([0])
+        .chain_update(source.label().as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let fraction = u64::from_be_bytes(first) as f64 / u64::MAX as f64;
+    interval.mul_f64(fraction)
+}
+
+/// The next start: the first point of the source's phase at least 9/10 of an interval after the last
+/// start (so consecutive polls are never much closer than the interval), plus up to 2 % jitter.
+fn next_start(epoch: Instant, last_start: Instant, interval: Duration, phase: Duration) -> Instant {
+    let interval_s = interval.as_secs_f64().max(1e-3);
+    let earliest = last_start + interval.mul_f64(0.9);
+    let since = earliest.saturating_duration_since(epoch).as_secs_f64() - phase.as_secs_f64();
+    let periods = (since / interval_s).ceil().max(0.0);
+    let aligned = epoch + phase + Duration::from_secs_f64(periods * interval_s);
+    aligned + interval.mul_f64(0.02 * fastrand::f64())
+}
+
+/// Whether every organization's poller is alive, for `/healthz`: a process whose poller died or hangs
+/// would otherwise serve a frozen snapshot while looking healthy.
 #[derive(Debug, Default)]
 pub struct PollerHealth {
-    expected: AtomicUsize,
-    running: AtomicUsize,
+    organizations: Mutex<HashMap<String, Liveness>>,
+}
+
+#[derive(Debug)]
+struct Liveness {
+    running: bool,
+    /// When the last key-inventory poll finished, or when the poller started.
+    last_finished: Instant,
+    /// How long a key-inventory poll may take to finish: interval + deadline + slack.
+    allowed: Duration,
+    succeeded: bool,
 }
 
 impl PollerHealth {
-    /// Marks a poller as running until the returned guard is dropped, which also happens when the
-    /// poller's task panics.
-    pub fn track(self: &Arc<Self>) -> RunningPoller {
-        self.expected.fetch_add(1, Ordering::SeqCst);
-        self.running.fetch_add(1, Ordering::SeqCst);
+    /// Marks an organization's poller as running until the returned guard is dropped, which also
+    /// happens when the poller's task panics or is aborted.
+    pub fn track(self: &Arc<Self>, organization: &str, allowed: Duration) -> RunningPoller {
+        self.lock().insert(
+            organization.to_owned(),
+            Liveness {
+                running: true,
+                last_finished: Instant::now(),
+                allowed,
+                succeeded: false,
+            },
+        );
         RunningPoller {
             health: Arc::clone(self),
+            organization: organization.to_owned(),
         }
     }
 
+    /// Forgets an organization that is no longer polled.
+    pub fn untrack(&self, organization: &str) {
+        self.lock().remove(organization);
+    }
+
+    fn inventory_poll_finished(&self, organization: &str) {
+        if let Some(liveness) = self.lock().get_mut(organization) {
+            liveness.last_finished = Instant::now();
+        }
+    }
+
+    fn has_succeeded(&self, organization: &str) -> bool {
+        self.lock().get(organization).is_some_and(|l| l.succeeded)
+    }
+
+    fn mark_succeeded(&self, organization: &str) {
+        if let Some(liveness) = self.lock().get_mut(organization) {
+            liveness.succeeded = true;
+        }
+    }
+
+    /// Every poller runs, and each has finished a key-inventory poll within its allowance.
     pub fn all_running(&self) -> bool {
-        let expected = self.expected.load(Ordering::SeqCst);
-        expected > 0 && self.running.load(Ordering::SeqCst) == expected
+        self.problems().is_empty()
+    }
+
+    /// The organizations whose poller died or is stuck, for the `/healthz` answer and the log.
+    pub fn problems(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut problems: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, l)| !l.running || now.duration_since(l.last_finished) > l.allowed)
+            .map(|(organization, _)| organization.clone())
+            .collect();
+        problems.sort();
+        problems
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Liveness>> {
+        self.organizations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -144,11 +334,14 @@ impl PollerHealth {
 #[derive(Debug)]
 pub struct RunningPoller {
     health: Arc<PollerHealth>,
+    organization: String,
 }
 
 impl Drop for RunningPoller {
     fn drop(&mut self) {
-        self.health.running.fetch_sub(1, Ordering::SeqCst);
+        if let Some(liveness) = self.health.lock().get_mut(&self.organization) {
+            liveness.running = false;
+        }
     }
 }
 
@@ -157,10 +350,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn health_reports_a_poller_that_stopped_or_panicked() {
+    fn health_reports_a_poller_that_stopped_or_panicked_or_hangs() {
         let health = Arc::new(PollerHealth::default());
-        assert!(!health.all_running(), "no poller has started yet");
-        let running = health.track();
+        assert!(health.all_running(), "no organization, nothing wrong");
+        let running = health.track("a", Duration::from_secs(3600));
         assert!(health.all_running());
         let panicked = std::thread::spawn(move || {
             let _running = running;
@@ -168,6 +361,38 @@ mod tests {
         })
         .join();
         assert!(panicked.is_err());
-        assert!(!health.all_running());
+        assert_eq!(health.problems(), ["a"]);
+        health.untrack("a");
+        let _stuck = health.track("b", Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            health.problems(),
+            ["b"],
+            "no poll finished within its allowance"
+        );
+    }
+
+    #[test]
+    fn polls_keep_their_interval_and_spread_over_it() {
+        let epoch = Instant::now();
+        let interval = Duration::from_secs(300);
+        let mut phases: Vec<f64> = (0..200)
+            .map(|i| phase_of(&format!("org-{i}"), SourceKind::ApiKeys, interval).as_secs_f64())
+            .collect();
+        phases.sort_by(f64::total_cmp);
+        // Spread: every fifth of the interval gets some organizations.
+        for fifth in 0..5 {
+            let (low, high) = (fifth as f64 * 60.0, (fifth + 1) as f64 * 60.0);
+            assert!(phases.iter().any(|p| (low..high).contains(p)), "{fifth}");
+        }
+        let phase = Duration::from_secs(100);
+        let mut start = epoch;
+        for _ in 0..20 {
+            let next = next_start(epoch, start, interval, phase);
+            let gap = next.duration_since(start);
+            assert!(gap >= interval.mul_f64(0.9), "{gap:?}");
+            assert!(gap <= interval.mul_f64(1.95), "{gap:?}");
+            start = next;
+        }
     }
 }

@@ -4,9 +4,13 @@
 //! [`SecretString`] from the moment it is read until the request header is built, and every text that
 //! came from outside (upstream error messages) is scrubbed of it before it is logged.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
+
+/// An admin key is about 100 bytes; a key file larger than this is a wrong path, not a key, and is not
+/// read into memory.
+pub const MAX_KEY_FILE_BYTES: u64 = 4 * 1024;
 
 /// Where the Admin API key is read from.
 #[derive(Debug, Clone)]
@@ -29,6 +33,12 @@ pub enum AdminKeyError {
     },
     #[error("the admin key file {path} is empty")]
     EmptyFile { path: PathBuf },
+    #[error(
+        "the admin key file {path} is not a regular file (a FIFO, socket or device could block the poller)"
+    )]
+    NotARegularFile { path: PathBuf },
+    #[error("the admin key file {path} is larger than {limit} bytes; an admin key is about 100")]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("the admin key from {origin} is empty")]
     Empty { origin: String },
     #[error(
@@ -80,23 +90,24 @@ impl AdminKey {
     }
 }
 
+impl PartialEq for AdminKeySource {
+    /// Tells a reload whether an organization's key changed (then its pollers restart).
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Fixed(a), Self::Fixed(b)) => a.expose() == b.expose(),
+            (Self::File(a), Self::File(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 impl AdminKeySource {
-    /// The key to use for the next poll.
+    /// The key to use for the next poll. Callers bound this with the poll's deadline: a file on a
+    /// stalled network or CSI mount must not freeze the poller.
     pub async fn load(&self) -> Result<AdminKey, AdminKeyError> {
         match self {
             Self::Fixed(key) => Ok(key.clone()),
-            Self::File(path) => {
-                let raw = tokio::fs::read_to_string(path).await.map_err(|source| {
-                    AdminKeyError::Unreadable {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-                if raw.trim().is_empty() {
-                    return Err(AdminKeyError::EmptyFile { path: path.clone() });
-                }
-                AdminKey::parse(&raw, &path.display().to_string())
-            }
+            Self::File(path) => read_key_file(path).await,
         }
     }
 
@@ -107,6 +118,84 @@ impl AdminKeySource {
             Self::File(path) => format!("file {}", path.display()),
         }
     }
+}
+
+/// Reads a key file off the async workers. Only a regular file (after following symlinks, as
+/// Kubernetes Secret mounts use) of at most [`MAX_KEY_FILE_BYTES`]; a file that others may read is
+/// allowed but warned about once.
+pub async fn read_key_file(path: &Path) -> Result<AdminKey, AdminKeyError> {
+    let owned = path.to_owned();
+    tokio::task::spawn_blocking(move || read_key_file_blocking(&owned))
+        .await
+        .unwrap_or_else(|error| {
+            Err(AdminKeyError::Unreadable {
+                path: path.to_owned(),
+                source: std::io::Error::other(error.to_string()),
+            })
+        })
+}
+
+/// [`read_key_file`] for start-up and `--config.check`, where blocking is fine.
+pub fn read_key_file_blocking(path: &Path) -> Result<AdminKey, AdminKeyError> {
+    use std::io::Read as _;
+    let unreadable = |source| AdminKeyError::Unreadable {
+        path: path.to_owned(),
+        source,
+    };
+    let too_large = || AdminKeyError::TooLarge {
+        path: path.to_owned(),
+        limit: MAX_KEY_FILE_BYTES,
+    };
+    let metadata = std::fs::metadata(path).map_err(unreadable)?;
+    // NB: checked before opening, since opening a FIFO for reading blocks until a writer appears.
+    if !metadata.is_file() {
+        return Err(AdminKeyError::NotARegularFile {
+            path: path.to_owned(),
+        });
+    }
+    if metadata.len() > MAX_KEY_FILE_BYTES {
+        return Err(too_large());
+    }
+    warn_if_readable_by_others(path, &metadata);
+    let mut raw = String::new();
+    std::fs::File::open(path)
+        .map_err(unreadable)?
+        .take(MAX_KEY_FILE_BYTES + 1)
+        .read_to_string(&mut raw)
+        .map_err(unreadable)?;
+    if raw.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(too_large());
+    }
+    if raw.trim().is_empty() {
+        return Err(AdminKeyError::EmptyFile {
+            path: path.to_owned(),
+        });
+    }
+    AdminKey::parse(&raw, &path.display().to_string())
+}
+
+/// Warns once per path: the file is read before every poll, and one line is enough to act on.
+fn warn_if_readable_by_others(path: &Path, metadata: &std::fs::Metadata) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+        if metadata.permissions().mode() & 0o004 == 0 {
+            return;
+        }
+        let mut warned = WARNED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !warned.iter().any(|seen| seen == path) {
+            warned.push(path.to_owned());
+            tracing::warn!(
+                path = %path.display(),
+                "The admin key file is readable by every user of this machine; restrict it (chmod 0400, or defaultMode 0440 on a Kubernetes Secret volume)."
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, metadata);
 }
 
 #[cfg(test)]
@@ -137,6 +226,32 @@ mod tests {
             AdminKey::parse("  ", "X"),
             Err(AdminKeyError::Empty { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_fifo_or_an_oversized_file_is_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("ake-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), read_key_file(&fifo)).await;
+        assert!(
+            matches!(read, Ok(Err(AdminKeyError::NotARegularFile { .. }))),
+            "{read:?}"
+        );
+        let large = dir.join("large");
+        std::fs::write(&large, "k".repeat(10_000)).unwrap();
+        assert!(matches!(
+            read_key_file(&large).await,
+            Err(AdminKeyError::TooLarge { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

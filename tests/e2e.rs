@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anthropic_keys_exporter::config::RetryPolicy;
+use anthropic_keys_exporter::admin_api::RetryPolicy;
 use anthropic_keys_exporter::demo::{Dataset, FakeAdminApi};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -157,6 +157,8 @@ fn seeded_organization() -> Dataset {
             workspace("wrkspc_staging", "Staging"),
         ],
         api_keys: keys,
+        users: vec![],
+        usage: vec![],
     }
 }
 

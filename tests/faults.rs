@@ -593,7 +593,10 @@ async fn run_case(case: Case) {
                 "the failure took {took:?} to show"
             );
             assert_eq!(
-                failed.sum("anthropic_exporter_poll_failures_total", &[]),
+                failed.sum(
+                    "anthropic_exporter_poll_failures_total",
+                    &[("source", "api_keys")]
+                ),
                 failed.failures(reason),
                 "only {reason} was counted:\n{}",
                 failed.excerpt()
@@ -631,7 +634,10 @@ async fn run_case(case: Case) {
                 .await;
             app.assert_alive().await;
             assert_eq!(
-                recovered.sum("anthropic_exporter_poll_failures_total", &[]),
+                recovered.sum(
+                    "anthropic_exporter_poll_failures_total",
+                    &[("source", "api_keys")]
+                ),
                 0.0,
                 "no poll failed:\n{}",
                 recovered.excerpt()
@@ -655,7 +661,10 @@ async fn run_case(case: Case) {
                 .await;
             app.assert_alive().await;
             assert_eq!(
-                accepted.sum("anthropic_exporter_poll_failures_total", &[]),
+                accepted.sum(
+                    "anthropic_exporter_poll_failures_total",
+                    &[("source", "api_keys")]
+                ),
                 0.0,
                 "no poll failed"
             );

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anthropic_keys_exporter::config::RetryPolicy;
+use anthropic_keys_exporter::admin_api::RetryPolicy;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -641,7 +641,10 @@ async fn poll_counters(exporter: &RunningExporter) -> (f64, f64) {
         .expect("the body is text");
     let metrics = Metrics::parse(&text);
     (
-        metrics.sum("anthropic_exporter_polls_total", &[]),
-        metrics.sum("anthropic_exporter_poll_failures_total", &[]),
+        metrics.sum("anthropic_exporter_polls_total", &[("source", "api_keys")]),
+        metrics.sum(
+            "anthropic_exporter_poll_failures_total",
+            &[("source", "api_keys")],
+        ),
     )
 }

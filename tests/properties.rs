@@ -14,11 +14,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use anthropic_keys_exporter::admin_api::model::{ApiKey, Inventory, Organization, Page, Workspace};
+use anthropic_keys_exporter::admin_api::FailureReason;
+use anthropic_keys_exporter::admin_api::model::{ApiKey, Organization, Page, Workspace};
 use anthropic_keys_exporter::metrics::{ExporterMetrics, Exposition};
-use anthropic_keys_exporter::snapshot::{Snapshot, SnapshotStore};
+use anthropic_keys_exporter::metrics::{RenderedOrganization, SnapshotStore};
+use anthropic_keys_exporter::snapshot::Snapshot;
+use anthropic_keys_exporter::sources::SourceKind;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{Value, json};
@@ -363,17 +365,15 @@ proptest! {
                 .unwrap()
             })
             .collect();
-        let inventory = Inventory {
-            organization: serde_json::from_value(
-                json!({"id": organization_id, "name": organization_name}),
-            )
-            .unwrap(),
-            workspaces: vec![
+        let snapshot = Snapshot::from_listing(
+            serde_json::from_value(json!({"id": organization_id, "name": organization_name}))
+                .unwrap(),
+            vec![
                 serde_json::from_value(json!({"id": workspace_id, "name": workspace_name})).unwrap(),
             ],
             api_keys,
-        };
-        let snapshot = Snapshot::from_inventory(inventory, SystemTime::now()).unwrap();
+        )
+        .unwrap();
 
         // Act
         let text = render(&organization, snapshot);
@@ -402,6 +402,10 @@ proptest! {
                     ("status", "active"),
                     ("created_by_id", by_id),
                     ("created_by_type", by_type),
+                    // No users listing in this snapshot: the creator is not resolved.
+                    ("created_by_name", ""),
+                    ("created_by_email", ""),
+                    ("created_by_member", "unknown"),
                 ])
             );
             let key_labels = labels(&[
@@ -447,12 +451,15 @@ proptest! {
         prop_assert_eq!(active.value, keys.len() as f64);
         let polls = of("anthropic_exporter_polls_total");
         prop_assert_eq!(polls.len(), 1);
-        prop_assert_eq!(&polls[0].labels, &labels(&[("organization", organization.as_str())]));
+        prop_assert_eq!(
+            &polls[0].labels,
+            &labels(&[("organization", organization.as_str()), ("source", "api_keys")])
+        );
         let failure_reasons = of("anthropic_exporter_poll_failures_total")
             .into_iter()
             .filter(|s| s.labels.get("organization") == Some(&organization))
             .count();
-        prop_assert_eq!(failure_reasons, 10);
+        prop_assert_eq!(failure_reasons, FailureReason::ALL.len());
     }
 }
 
@@ -467,21 +474,23 @@ fn snapshot_and_render(
     workspaces: Vec<Workspace>,
     api_keys: Vec<ApiKey>,
 ) -> Option<(usize, String)> {
-    let inventory = Inventory {
-        organization,
-        workspaces,
-        api_keys,
-    };
-    let snapshot = Snapshot::from_inventory(inventory, SystemTime::now()).ok()?;
+    let snapshot = Snapshot::from_listing(organization, workspaces, api_keys).ok()?;
     let keys = snapshot.keys.len();
     Some((keys, render("acme", snapshot)))
 }
 
 /// What `/metrics` would serve for `snapshot` published under the `organization` label.
 fn render(organization: &str, snapshot: Snapshot) -> String {
-    let metrics = ExporterMetrics::new([organization]).unwrap();
+    let metrics = ExporterMetrics::new().unwrap();
+    metrics.add_organization(
+        organization,
+        &[(SourceKind::ApiKeys, std::time::Duration::from_secs(300))],
+    );
     let store = Arc::new(SnapshotStore::new([organization]));
-    store.publish(organization, snapshot);
+    store.publish(
+        organization,
+        Arc::new(RenderedOrganization::render(organization, &snapshot)),
+    );
     let exposition = Exposition::new(&metrics, store).unwrap();
     String::from_utf8(exposition.render().unwrap()).expect("the exposition is UTF-8")
 }

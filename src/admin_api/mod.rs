@@ -1,10 +1,12 @@
 //! The Admin API client: authenticated, bounded and retrying requests, and complete pagination.
 //!
 //! Facts this relies on (endpoints, pagination, errors, SDK retry rules) are summarised in the README's
-//! "How polling works" section.
+//! "How polling works" section. The client reports each request through [`RequestObserver`], an
+//! interface it owns, so that it does not depend on the metrics that implement it.
 
 pub mod model;
-mod retry;
+pub mod retry;
+mod upstream_text;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -14,13 +16,14 @@ use std::time::{Duration, SystemTime};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::config::{PollSettings, RetryPolicy};
-use crate::metrics::ExporterMetrics;
 use crate::secret::{AdminKey, AdminKeyError, AdminKeySource};
-use model::{ApiKey, ErrorEnvelope, Inventory, Organization, Page, Workspace};
+use model::{ErrorEnvelope, Page, ReportPage};
+pub use retry::RetryPolicy;
+pub use upstream_text::{clean_request_id, clean_upstream_text};
 
 /// The API version every request pins.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -34,22 +37,24 @@ pub const MAX_PAGES: u32 = 1000;
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Error bodies are only read for their message.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
-/// Upstream text (error messages, decode details) is cut to this many characters before it is logged.
-const MAX_DETAIL_CHARS: usize = 300;
 
 /// The Admin API endpoints the exporter calls; `label` is the `endpoint` label value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Endpoint {
     Organization,
     Workspaces,
     ApiKeys,
+    Users,
+    Usage,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 3] = [
+    pub const ALL: [Endpoint; 5] = [
         Endpoint::Organization,
         Endpoint::Workspaces,
         Endpoint::ApiKeys,
+        Endpoint::Users,
+        Endpoint::Usage,
     ];
 
     pub fn path(self) -> &'static str {
@@ -57,6 +62,8 @@ impl Endpoint {
             Self::Organization => "/v1/organizations/me",
             Self::Workspaces => "/v1/organizations/workspaces",
             Self::ApiKeys => "/v1/organizations/api_keys",
+            Self::Users => "/v1/organizations/users",
+            Self::Usage => "/v1/organizations/usage_report/messages",
         }
     }
 
@@ -65,6 +72,8 @@ impl Endpoint {
             Self::Organization => "organization",
             Self::Workspaces => "workspaces",
             Self::ApiKeys => "api_keys",
+            Self::Users => "users",
+            Self::Usage => "usage",
         }
     }
 }
@@ -83,6 +92,7 @@ pub enum FailureReason {
     RateLimited,
     ServerError,
     ClientError,
+    Redirect,
     Timeout,
     Network,
     Decode,
@@ -91,12 +101,13 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 10] = [
+    pub const ALL: [FailureReason; 11] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::RateLimited,
         Self::ServerError,
         Self::ClientError,
+        Self::Redirect,
         Self::Timeout,
         Self::Network,
         Self::Decode,
@@ -111,6 +122,7 @@ impl FailureReason {
             Self::RateLimited => "rate_limited",
             Self::ServerError => "server_error",
             Self::ClientError => "client_error",
+            Self::Redirect => "redirect",
             Self::Timeout => "timeout",
             Self::Network => "network",
             Self::Decode => "decode",
@@ -121,7 +133,8 @@ impl FailureReason {
 }
 
 /// A failed call to the Admin API. Messages carry the HTTP status and the `request-id` where there is
-/// one, and never the admin key (upstream text is scrubbed of it).
+/// one, and never the admin key: every upstream string is cleaned by [`clean_upstream_text`] before it
+/// is stored here.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("cannot load the admin key: {0}")]
@@ -159,6 +172,15 @@ pub enum ApiError {
         request_id: Option<String>,
         message: String,
     },
+    #[error(
+        "the Admin API answered {endpoint} with a redirect (HTTP {status}) to {location}; redirects are never followed, since the admin key would go with them: check --anthropic.base-url"
+    )]
+    Redirect {
+        endpoint: Endpoint,
+        status: u16,
+        /// The host of the `Location` header (never the full URL, which may carry tokens).
+        location: String,
+    },
     #[error("request to {endpoint} timed out after {}", humantime::format_duration(*.after))]
     RequestTimeout { endpoint: Endpoint, after: Duration },
     #[error("the poll did not finish within its deadline of {}", humantime::format_duration(*.deadline))]
@@ -188,6 +210,7 @@ impl ApiError {
             Self::RateLimited { .. } => FailureReason::RateLimited,
             Self::Server { .. } => FailureReason::ServerError,
             Self::Client { .. } => FailureReason::ClientError,
+            Self::Redirect { .. } => FailureReason::Redirect,
             Self::RequestTimeout { .. } | Self::DeadlineExceeded { .. } => FailureReason::Timeout,
             Self::Network { .. } => FailureReason::Network,
             Self::Decode { .. } => FailureReason::Decode,
@@ -230,7 +253,55 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// A client for the parts of the Admin API the exporter needs. Cheap to clone.
+/// Told about every HTTP request the client sends, with the HTTP status code or `error` when no
+/// response arrived. The metrics implement it.
+pub trait RequestObserver: Send + Sync + fmt::Debug {
+    fn request_finished(&self, endpoint: Endpoint, code: &str);
+}
+
+/// How requests are sent: per-request timeout and the SDKs' retry policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientSettings {
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// Where requests go through: directly, an explicit proxy, or the proxy of the standard environment
+/// variables (only when the operator says so, since the admin key travels through it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxySetting {
+    Direct,
+    Url(Url),
+    FromEnvironment,
+}
+
+/// One HTTP connection pool for the whole process, shared by every organization's client.
+#[derive(Debug, Clone)]
+pub struct HttpClient(reqwest::Client);
+
+impl HttpClient {
+    pub fn new(settings: &ClientSettings, proxy: &ProxySetting) -> Result<Self, reqwest::Error> {
+        let builder = reqwest::Client::builder()
+            .user_agent(concat!(
+                "anthropic-keys-exporter/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+            .tcp_keepalive(Duration::from_secs(60))
+            // NB: the Admin API does not redirect; following one would send the admin key to whatever
+            // host the Location names.
+            .redirect(reqwest::redirect::Policy::none());
+        let builder = match proxy {
+            ProxySetting::Direct => builder.no_proxy(),
+            ProxySetting::Url(url) => builder.proxy(reqwest::Proxy::all(url.as_str())?),
+            ProxySetting::FromEnvironment => builder,
+        };
+        Ok(Self(builder.build()?))
+    }
+}
+
+/// A client for one organization's Admin API. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AdminApiClient {
     inner: Arc<ClientInner>,
@@ -241,10 +312,10 @@ struct ClientInner {
     http: reqwest::Client,
     base_url: String,
     key_source: AdminKeySource,
-    retry: RetryPolicy,
-    request_timeout: Duration,
-    organization: String,
-    metrics: Arc<ExporterMetrics>,
+    settings: ClientSettings,
+    observer: Arc<dyn RequestObserver>,
+    /// Bounds the requests in flight across every organization (`--poll.concurrency`).
+    permits: Arc<Semaphore>,
 }
 
 /// What a single attempt tells the retry loop.
@@ -254,91 +325,74 @@ struct FailedAttempt {
     server_delay: Option<Duration>,
 }
 
-/// Per-poll state shared by every request of that poll.
-struct PollContext {
+/// The requests of one source's fetch: one key, read once, and one deadline for all of them.
+#[derive(Debug)]
+pub struct Session<'a> {
+    client: &'a AdminApiClient,
     key: AdminKey,
     deadline: Instant,
 }
 
 impl AdminApiClient {
     pub fn new(
+        http: &HttpClient,
         base_url: &Url,
         key_source: AdminKeySource,
-        poll: &PollSettings,
-        organization: &str,
-        metrics: Arc<ExporterMetrics>,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!(
-                "anthropic-keys-exporter/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .timeout(poll.request_timeout)
-            .connect_timeout(poll.request_timeout.min(Duration::from_secs(10)))
-            .tcp_keepalive(Duration::from_secs(60))
-            .build()?;
-        Ok(Self {
+        settings: ClientSettings,
+        observer: Arc<dyn RequestObserver>,
+        permits: Arc<Semaphore>,
+    ) -> Self {
+        Self {
             inner: Arc::new(ClientInner {
-                http,
+                http: http.0.clone(),
                 base_url: base_url.as_str().trim_end_matches('/').to_owned(),
                 key_source,
-                retry: poll.retry,
-                request_timeout: poll.request_timeout,
-                organization: organization.to_owned(),
-                metrics,
+                settings,
+                observer,
+                permits,
             }),
-        })
+        }
     }
 
-    /// Reads the organization, all its workspaces and all its API keys. Either every page arrives before
-    /// `deadline`, or the whole poll fails: a partial inventory is never returned.
-    pub async fn fetch_inventory(&self, deadline: Duration) -> Result<Inventory, ApiError> {
-        let key = self
-            .inner
-            .key_source
-            .load()
-            .await
-            .map_err(ApiError::AdminKey)?;
-        let context = PollContext {
-            key,
-            deadline: Instant::now() + deadline,
+    /// Runs `fetch` with the admin key read afresh (a rotated key file is used at once), all of it
+    /// within `deadline`, the key file read included: a key file on a stalled mount cannot freeze
+    /// the poller.
+    pub async fn fetch<T, F>(&self, deadline: Duration, fetch: F) -> Result<T, ApiError>
+    where
+        F: AsyncFnOnce(&Session<'_>) -> Result<T, ApiError>,
+    {
+        let until = Instant::now() + deadline;
+        let work = async {
+            let key = self
+                .inner
+                .key_source
+                .load()
+                .await
+                .map_err(ApiError::AdminKey)?;
+            let session = Session {
+                client: self,
+                key,
+                deadline: until,
+            };
+            fetch(&session).await
         };
-        let fetch = async {
-            let organization: Organization =
-                self.get_json(&context, Endpoint::Organization, &[]).await?;
-            let workspaces: Vec<Workspace> = self
-                .list_all(
-                    &context,
-                    Endpoint::Workspaces,
-                    &[("include_archived", "true"), ("include_default", "true")],
-                    |workspace: &Workspace| &workspace.id,
-                )
-                .await?;
-            let api_keys: Vec<ApiKey> = self
-                .list_all(&context, Endpoint::ApiKeys, &[], |key: &ApiKey| &key.id)
-                .await?;
-            Ok(Inventory {
-                organization,
-                workspaces,
-                api_keys,
-            })
-        };
-        tokio::time::timeout_at(context.deadline, fetch)
+        tokio::time::timeout_at(until, work)
             .await
             .unwrap_or(Err(ApiError::DeadlineExceeded { deadline }))
     }
+}
 
+impl Session<'_> {
     /// Follows `after_id = last_id` while `has_more`, refusing a cursor seen before and stopping after
-    /// [`MAX_PAGES`] pages.
-    async fn list_all<T: DeserializeOwned>(
+    /// [`MAX_PAGES`] pages. `on_page` takes each page's items as they arrive, so no page is kept.
+    pub async fn list_all<T: DeserializeOwned>(
         &self,
-        context: &PollContext,
         endpoint: Endpoint,
         extra_query: &[(&str, &str)],
-        id_of: impl Fn(&T) -> &String,
-    ) -> Result<Vec<T>, ApiError> {
+        id_of: impl Fn(&T) -> &str,
+        mut on_page: impl FnMut(Vec<T>),
+    ) -> Result<(), ApiError> {
         let limit = PAGE_LIMIT.to_string();
-        let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         let mut seen_cursors = HashSet::new();
         for page_number in 1..=MAX_PAGES {
@@ -347,7 +401,7 @@ impl AdminApiClient {
             if let Some(after_id) = &cursor {
                 query.push(("after_id", after_id));
             }
-            let page: Page<T> = self.get_json(context, endpoint, &query).await?;
+            let page: Page<T> = self.get_json(endpoint, &query).await?;
             tracing::debug!(
                 endpoint = endpoint.label(),
                 page = page_number,
@@ -360,10 +414,10 @@ impl AdminApiClient {
             let next = page
                 .last_id
                 .clone()
-                .or_else(|| page.data.last().map(|item| id_of(item).clone()));
-            items.extend(page.data);
+                .or_else(|| page.data.last().map(|item| id_of(item).to_owned()));
+            on_page(page.data);
             if !page.has_more {
-                return Ok(items);
+                return Ok(());
             }
             let Some(next) = next else {
                 return Err(ApiError::Pagination {
@@ -371,44 +425,84 @@ impl AdminApiClient {
                     detail: format!("page {page_number} says has_more but gives no cursor"),
                 });
             };
-            if !seen_cursors.insert(next.clone()) {
+            self.check_new_cursor(endpoint, &mut seen_cursors, &next, page_number)?;
+            cursor = Some(next);
+        }
+        Err(too_many_pages(endpoint))
+    }
+
+    /// Follows the report style of pagination: `page = next_page` while `has_more`.
+    pub async fn report_pages<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        query: &[(&str, &str)],
+        mut on_page: impl FnMut(Vec<T>),
+    ) -> Result<(), ApiError> {
+        let mut token: Option<String> = None;
+        let mut seen_tokens = HashSet::new();
+        for page_number in 1..=MAX_PAGES {
+            let mut page_query: Vec<(&str, &str)> = query.to_vec();
+            if let Some(token) = &token {
+                page_query.push(("page", token));
+            }
+            let page: ReportPage<T> = self.get_json(endpoint, &page_query).await?;
+            let next = page.next_page.filter(|token| !token.is_empty());
+            on_page(page.data);
+            if !page.has_more {
+                return Ok(());
+            }
+            let Some(next) = next else {
                 return Err(ApiError::Pagination {
                     endpoint,
-                    detail: format!(
-                        "cursor {} came back a second time on page {page_number}",
-                        truncate(&next)
-                    ),
+                    detail: format!("page {page_number} says has_more but gives no next_page"),
                 });
-            }
-            cursor = Some(next);
+            };
+            self.check_new_cursor(endpoint, &mut seen_tokens, &next, page_number)?;
+            token = Some(next);
+        }
+        Err(too_many_pages(endpoint))
+    }
+
+    fn check_new_cursor(
+        &self,
+        endpoint: Endpoint,
+        seen: &mut HashSet<String>,
+        cursor: &str,
+        page_number: u32,
+    ) -> Result<(), ApiError> {
+        if seen.insert(cursor.to_owned()) {
+            return Ok(());
         }
         Err(ApiError::Pagination {
             endpoint,
-            detail: format!("still has_more after {MAX_PAGES} pages"),
+            detail: format!(
+                "cursor {} came back a second time on page {page_number}",
+                clean_upstream_text(cursor, &self.key)
+            ),
         })
     }
 
     /// One logical request: retried on transient failures with the SDKs' backoff, as long as the retry
-    /// still fits before the poll's deadline.
-    async fn get_json<T: DeserializeOwned>(
+    /// still fits before the deadline.
+    pub async fn get_json<T: DeserializeOwned>(
         &self,
-        context: &PollContext,
         endpoint: Endpoint,
         query: &[(&str, &str)],
     ) -> Result<T, ApiError> {
+        let policy = self.client.inner.settings.retry;
         let mut retry = 0;
         loop {
-            let failure = match self.send_once(context, endpoint, query).await {
-                Ok((body, request_id)) => return decode(&body, endpoint, request_id, &context.key),
+            let failure = match self.send_once(endpoint, query).await {
+                Ok((body, request_id)) => return decode(&body, endpoint, request_id, &self.key),
                 Err(failure) => failure,
             };
-            if !failure.retryable || retry >= self.inner.retry.max_retries {
+            if !failure.retryable || retry >= policy.max_retries {
                 return Err(failure.error);
             }
             let delay = failure
                 .server_delay
-                .unwrap_or_else(|| retry::backoff(&self.inner.retry, retry));
-            if Instant::now() + delay >= context.deadline {
+                .unwrap_or_else(|| retry::backoff(&policy, retry));
+            if Instant::now() + delay >= self.deadline {
                 return Err(failure.error);
             }
             tracing::debug!(
@@ -425,14 +519,13 @@ impl AdminApiClient {
 
     async fn send_once(
         &self,
-        context: &PollContext,
         endpoint: Endpoint,
         query: &[(&str, &str)],
     ) -> Result<(Vec<u8>, Option<String>), FailedAttempt> {
-        let inner = &self.inner;
+        let inner = &self.client.inner;
         let url = format!("{}{}", inner.base_url, endpoint.path());
         let mut key_header =
-            HeaderValue::from_str(context.key.expose()).map_err(|_| FailedAttempt {
+            HeaderValue::from_str(self.key.expose()).map_err(|_| FailedAttempt {
                 error: ApiError::AdminKey(AdminKeyError::InvalidCharacters {
                     origin: inner.key_source.describe(),
                 }),
@@ -440,6 +533,9 @@ impl AdminApiClient {
                 server_delay: None,
             })?;
         key_header.set_sensitive(true);
+        // NB: a permit per attempt, not per poll: backoff sleeps must not hold one.
+        let _permit = inner.permits.acquire().await.ok();
+        let timeout = inner.settings.request_timeout;
         let sent = inner
             .http
             .get(&url)
@@ -452,50 +548,88 @@ impl AdminApiClient {
         let response = match sent {
             Ok(response) => response,
             Err(source) => {
-                inner
-                    .metrics
-                    .record_api_request(&inner.organization, endpoint, "error");
+                inner.observer.request_finished(endpoint, "error");
                 return Err(FailedAttempt {
-                    error: transport_error(endpoint, source, inner.request_timeout),
+                    error: transport_error(endpoint, source, timeout),
                     retryable: true,
                     server_delay: None,
                 });
             }
         };
         let status = response.status();
-        inner
-            .metrics
-            .record_api_request(&inner.organization, endpoint, status.as_str());
+        inner.observer.request_finished(endpoint, status.as_str());
         let headers = response.headers().clone();
-        let request_id = header_text(&headers, "request-id");
+        let request_id = headers
+            .get("request-id")
+            .and_then(|value| value.to_str().ok())
+            .and_then(clean_request_id);
         if status.is_success() {
             let body =
                 read_body(response, MAX_BODY_BYTES)
                     .await
                     .map_err(|error| FailedAttempt {
                         retryable: matches!(error, BodyError::Transport(_)),
-                        error: error.into_api_error(
-                            endpoint,
-                            request_id.clone(),
-                            inner.request_timeout,
-                        ),
+                        error: error.into_api_error(endpoint, request_id.clone(), timeout),
                         server_delay: None,
                     })?;
             return Ok((body, request_id));
+        }
+        if status.is_redirection() {
+            let location = headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .map(|location| location_host(&url, location, &self.key))
+                .unwrap_or_else(|| "a missing Location".to_owned());
+            return Err(FailedAttempt {
+                error: ApiError::Redirect {
+                    endpoint,
+                    status: status.as_u16(),
+                    location,
+                },
+                retryable: false,
+                server_delay: None,
+            });
         }
         // NB: the message of an error response is a nicety; a body we cannot read must not hide the status.
         let body = read_body(response, MAX_ERROR_BODY_BYTES)
             .await
             .unwrap_or_default();
         let envelope = serde_json::from_slice::<ErrorEnvelope>(&body).ok();
-        let request_id =
-            request_id.or_else(|| envelope.as_ref().and_then(|e| e.request_id.clone()));
-        let message = error_message(envelope.as_ref(), &headers, &context.key);
+        let request_id = request_id.or_else(|| {
+            envelope
+                .as_ref()
+                .and_then(|e| e.request_id.as_deref())
+                .and_then(clean_request_id)
+        });
+        let message = error_message(envelope.as_ref(), &headers, &self.key);
         Err(FailedAttempt {
             error: status_error(endpoint, status, request_id, message),
             retryable: retry::is_retryable(status, &headers),
             server_delay: retry::server_delay(&headers, SystemTime::now()),
         })
+    }
+}
+
+fn too_many_pages(endpoint: Endpoint) -> ApiError {
+    ApiError::Pagination {
+        endpoint,
+        detail: format!("still has_more after {MAX_PAGES} pages"),
+    }
+}
+
+/// The host a redirect points at, for the log line: never the path or query, which may carry tokens.
+fn location_host(request_url: &str, location: &str, key: &AdminKey) -> String {
+    let resolved = Url::parse(request_url).and_then(|base| base.join(location));
+    match resolved {
+        Ok(url) => {
+            let host = url.host_str().unwrap_or("no host");
+            let port = url
+                .port()
+                .map(|port| format!(":{port}"))
+                .unwrap_or_default();
+            clean_upstream_text(&format!("{}://{host}{port}", url.scheme()), key)
+        }
+        Err(_) => "an unparseable Location".to_owned(),
     }
 }
 
@@ -561,14 +695,15 @@ fn error_message(envelope: Option<&ErrorEnvelope>, headers: &HeaderMap, key: &Ad
             },
         );
     match from_body.filter(|text| !text.is_empty()) {
-        Some(text) => truncate(&key.redact(&text)),
+        Some(text) => clean_upstream_text(&text, key),
         None => {
-            let content_type = header_text(headers, "content-type")
+            let content_type = headers
+                .get("content-type")
+                .and_then(|value| value.to_str().ok())
+                .map(|value| clean_upstream_text(value, key))
+                .filter(|value| !value.is_empty())
                 .unwrap_or_else(|| "no content type".to_owned());
-            format!(
-                "response is not an Anthropic error object ({})",
-                truncate(&content_type)
-            )
+            format!("response is not an Anthropic error object ({content_type})")
         }
     }
 }
@@ -582,7 +717,7 @@ fn decode<T: DeserializeOwned>(
     serde_json::from_slice(body).map_err(|error| ApiError::Decode {
         endpoint,
         request_id,
-        detail: truncate(&key.redact(&format!("invalid JSON: {error}"))),
+        detail: clean_upstream_text(&format!("invalid JSON: {error}"), key),
     })
 }
 
@@ -618,7 +753,11 @@ async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<
     {
         return Err(BodyError::TooLarge { limit });
     }
-    let mut body = Vec::new();
+    let mut body = Vec::with_capacity(
+        response
+            .content_length()
+            .map_or(0, |length| length as usize),
+    );
     while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
         if body.len() + chunk.len() > limit {
             return Err(BodyError::TooLarge { limit });
@@ -626,20 +765,4 @@ async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|value| value.to_str().ok())
-        .map(|value| truncate(value.trim()))
-        .filter(|value| !value.is_empty())
-}
-
-fn truncate(text: &str) -> String {
-    let mut cut: String = text.chars().take(MAX_DETAIL_CHARS).collect();
-    if cut.len() < text.len() {
-        cut.push('…');
-    }
-    cut.replace(['\n', '\r'], " ")
 }

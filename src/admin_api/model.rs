@@ -89,12 +89,76 @@ pub(crate) struct ErrorBody {
     pub(crate) message: Option<String>,
 }
 
-/// Everything one poll learns about an organization, exactly as the API returned it.
-#[derive(Debug, Clone)]
-pub struct Inventory {
-    pub organization: Organization,
-    pub workspaces: Vec<Workspace>,
-    pub api_keys: Vec<ApiKey>,
+/// One page of a report (usage, cost): `data`, `has_more`, and an opaque `next_page` token.
+#[derive(Debug, Deserialize)]
+pub struct ReportPage<T> {
+    pub data: Vec<T>,
+    #[serde(default)]
+    pub has_more: bool,
+    #[serde(default)]
+    pub next_page: Option<String>,
+}
+
+/// A member of the organization (`GET /v1/organizations/users`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct User {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// One time bucket of the messages usage report.
+#[derive(Debug, Deserialize)]
+pub struct UsageBucket {
+    pub starting_at: String,
+    pub ending_at: String,
+    #[serde(default)]
+    pub results: Vec<UsageResult>,
+}
+
+/// One group of a usage bucket; with `group_by[]=api_key_id`, one key (or `null` for Console
+/// Workbench usage). Token counts are read as numbers of any JSON kind.
+#[derive(Debug, Deserialize)]
+pub struct UsageResult {
+    #[serde(default)]
+    pub api_key_id: Option<String>,
+    #[serde(default)]
+    pub uncached_input_tokens: Option<f64>,
+    #[serde(default)]
+    pub cache_read_input_tokens: Option<f64>,
+    #[serde(default)]
+    pub output_tokens: Option<f64>,
+    #[serde(default)]
+    pub cache_creation: Option<CacheCreation>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CacheCreation {
+    #[serde(default)]
+    pub ephemeral_1h_input_tokens: Option<f64>,
+    #[serde(default)]
+    pub ephemeral_5m_input_tokens: Option<f64>,
+}
+
+impl UsageResult {
+    /// A key counts as used in a bucket when any of its token counts is above zero.
+    pub fn has_use(&self) -> bool {
+        let cache = self.cache_creation.as_ref();
+        [
+            self.uncached_input_tokens,
+            self.cache_read_input_tokens,
+            self.output_tokens,
+            cache.and_then(|c| c.ephemeral_1h_input_tokens),
+            cache.and_then(|c| c.ephemeral_5m_input_tokens),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|tokens| tokens > 0.0)
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,24 @@ use std::time::{Duration, SystemTime};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 
-use crate::config::RetryPolicy;
+/// Retries as the official SDKs do them: exponential backoff from `initial_backoff` doubling up to
+/// `max_backoff`, each delay shortened by up to 25 % jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+        }
+    }
+}
 
 /// A server-given delay longer than this is ignored in favour of our own backoff, as the Python SDK
 /// does: waiting minutes inside one poll would only hold up the next one.

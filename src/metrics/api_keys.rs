@@ -1,329 +1,303 @@
-//! Metrics about the organization's API keys, rendered from the latest snapshots: keys that disappeared
-//! from the API leave no stale series, and `expires_in` is exact at scrape time.
+//! Metrics about an organization's API keys, rendered from its [`Snapshot`] when the snapshot is
+//! published: keys that disappeared from the API leave no stale series, and only `expires_in` is
+//! computed per scrape.
 //!
-//! The labels of tens of thousands of keys only change when a poll publishes a new snapshot, so each
-//! snapshot is rendered to text once (escaping done by the `prometheus` crate's encoder) and reused by
-//! every scrape until the next poll; only the `expires_in` values are computed per scrape.
-
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+//! The labels of tens of thousands of keys only change when a source publishes, so each snapshot is
+//! written to text once and every scrape until the next publish sends the same bytes.
 
 use bytes::Bytes;
-use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, TextEncoder};
 
-use crate::snapshot::{KeyRecord, Snapshot, SnapshotStore};
+use super::text::{write_gauge_header, write_sample, write_series, write_value};
+use crate::snapshot::{KeyRecord, Snapshot};
 
+#[cfg(test)]
 const CACHED: &str = "Cached from the last successful background poll of the Admin API.";
+#[cfg(test)]
+const USAGE_NOTE: &str = "The usage report lags real use by minutes; its granularity is an hour for the last 24 hours and a day before that.";
 
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    labels: &'static [&'static str],
+/// A family of the API-key metrics: its name and HELP text.
+#[derive(Debug)]
+pub(crate) struct Family {
+    pub(crate) name: &'static str,
+    pub(crate) help: &'static str,
 }
-
-const KEY_LABELS: &[&str] = &[
-    "organization",
-    "api_key_id",
-    "api_key_name",
-    "workspace_id",
-    "workspace_name",
-];
-const COUNT_LABELS: &[&str] = &["organization", "workspace_id", "workspace_name", "status"];
 
 const KEYS: Family = Family {
     name: "anthropic_api_keys",
     help: "Number of API keys by workspace and status. Cached from the last successful background poll of the Admin API.",
-    labels: COUNT_LABELS,
 };
 const NEVER_EXPIRING: Family = Family {
     name: "anthropic_api_keys_never_expiring",
     help: "Number of API keys without an expiry date, by workspace and status. Cached from the last successful background poll of the Admin API.",
-    labels: COUNT_LABELS,
+};
+const ORPHANED: Family = Family {
+    name: "anthropic_api_keys_orphaned",
+    help: "Number of API keys whose creator is no longer a member of the organization, by workspace and status; absent until the users source has succeeded. Cached from the last successful background poll of the Admin API.",
+};
+const UNUSED: Family = Family {
+    name: "anthropic_api_keys_unused",
+    help: "Number of API keys without any use in the usage lookback, by workspace and status; absent until the usage source has succeeded. The usage report lags real use by minutes. Cached from the last successful background poll of the Admin API.",
 };
 const INFO: Family = Family {
     name: "anthropic_api_key_info",
-    help: "Information about an API key, value 1. Cached from the last successful background poll of the Admin API.",
-    labels: &[
-        "organization",
-        "api_key_id",
-        "api_key_name",
-        "workspace_id",
-        "workspace_name",
-        "status",
-        "created_by_id",
-        "created_by_type",
-    ],
+    help: "Information about an API key, value 1; created_by_member is true, false (the creator left) or unknown. Cached from the last successful background poll of the Admin API.",
 };
 const CREATED: Family = Family {
     name: "anthropic_api_key_created_timestamp_seconds",
     help: "Unix time at which the API key was created. Cached from the last successful background poll of the Admin API.",
-    labels: KEY_LABELS,
 };
 const EXPIRY: Family = Family {
     name: "anthropic_api_key_expiry_timestamp_seconds",
     help: "Unix time at which the API key expires; absent for keys that never expire. Cached from the last successful background poll of the Admin API.",
-    labels: KEY_LABELS,
 };
 const EXPIRES_IN: Family = Family {
     name: "anthropic_api_key_expires_in_seconds",
     help: "Seconds until the API key expires, negative once past, computed at scrape time; absent for keys that never expire. Cached from the last successful background poll of the Admin API.",
-    labels: KEY_LABELS,
+};
+const LAST_USED: Family = Family {
+    name: "anthropic_api_key_last_used_timestamp_seconds",
+    help: "Unix time of the end of the latest usage-report bucket in which the API key was used, at most the time of the report; only for keys used within the usage lookback. The usage report lags real use by minutes; its granularity is an hour for the last 24 hours and a day before that. Cached from the last successful background poll of the Admin API.",
 };
 const ORGANIZATION_INFO: Family = Family {
     name: "anthropic_organization_info",
     help: "Information about the organization the admin key belongs to, value 1. Cached from the last successful background poll of the Admin API.",
-    labels: &["organization", "organization_id", "organization_name"],
+};
+const USERS: Family = Family {
+    name: "anthropic_organization_users",
+    help: "Number of members of the organization by role. Cached from the last successful background poll of the Admin API.",
+};
+const USAGE_LOOKBACK: Family = Family {
+    name: "anthropic_exporter_usage_lookback_seconds",
+    help: "How far back the usage report is read for last use; keys without use in it count as unused. Cached from the last successful background poll of the Admin API.",
+};
+const TRUNCATED: Family = Family {
+    name: "anthropic_exporter_label_values_truncated",
+    help: "Label values from the Admin API in the current data that were cut to 256 characters (marked with a trailing …). Cached from the last successful background poll of the Admin API.",
 };
 
-const FAMILIES: [&Family; 7] = [
+/// Every family, in the order of the exposition.
+pub(crate) const FAMILIES: [&Family; 13] = [
     &KEYS,
     &NEVER_EXPIRING,
+    &ORPHANED,
+    &UNUSED,
     &INFO,
     &CREATED,
     &EXPIRY,
     &EXPIRES_IN,
+    &LAST_USED,
     &ORGANIZATION_INFO,
+    &USERS,
+    &USAGE_LOOKBACK,
+    &TRUNCATED,
 ];
 
-/// Renders the API-key families from the [`SnapshotStore`]; it never calls the Admin API.
-#[derive(Debug)]
-pub struct ApiKeysMetrics {
-    store: Arc<SnapshotStore>,
-    rendered: Mutex<HashMap<String, Arc<RenderedOrganization>>>,
-}
+/// Index of the family whose values are computed at scrape time.
+pub(crate) const EXPIRES_IN_INDEX: usize = 7;
 
-/// One organization's snapshot as text: every family's sample lines, except that `expires_in` keeps the
-/// series names and expiry times so the value can be computed when scraped.
+/// One organization's snapshot as text: every family's sample lines, except that `expires_in` keeps
+/// each series' name and expiry so that the value can be computed when scraped.
 #[derive(Debug)]
-struct RenderedOrganization {
-    snapshot: Arc<Snapshot>,
-    /// Reference-counted: every scrape sends the same bytes.
-    families: Vec<Bytes>,
-    expires_in: Vec<(String, f64)>,
+pub struct RenderedOrganization {
+    /// Per family of [`FAMILIES`]; empty when the organization has no series of it. Reference-counted:
+    /// every scrape sends the same bytes.
+    pub(crate) families: Vec<Bytes>,
+    /// `expires_in` series (escaped, without value) and their expiry, in key order.
+    pub(crate) expires_in: Vec<(Box<str>, f64)>,
     /// About how long the `expires_in` text is, to allocate it once per scrape.
-    expires_in_len: usize,
+    pub(crate) expires_in_len: usize,
 }
 
-impl ApiKeysMetrics {
-    pub fn new(store: Arc<SnapshotStore>) -> Self {
-        debug_assert!(FAMILIES.iter().all(|family| family.help.ends_with(CACHED)));
-        Self {
-            store,
-            rendered: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Appends every API-key family, in the Prometheus text format, to `out`.
-    /// Appends every API-key family, in the Prometheus text format, to `chunks`. The text that only
-    /// changes with a poll is shared with every other scrape rather than copied.
-    pub fn encode(&self, chunks: &mut Vec<Bytes>) -> Result<(), prometheus::Error> {
-        let now = unix_seconds(SystemTime::now());
-        let organizations = self
-            .store
-            .all()
-            .into_iter()
-            .map(|(organization, snapshot)| self.rendered(&organization, snapshot))
-            .collect::<Result<Vec<_>, _>>()?;
-        for (index, family) in FAMILIES.iter().enumerate() {
-            let is_expires_in = std::ptr::eq(*family, &EXPIRES_IN);
-            let empty = organizations.iter().all(|rendered| match is_expires_in {
-                true => rendered.expires_in.is_empty(),
-                false => rendered.families[index].is_empty(),
-            });
-            if empty {
-                continue;
-            }
-            chunks.push(Bytes::from(format!(
-                "# HELP {} {}\n# TYPE {} gauge\n",
-                family.name, family.help, family.name
-            )));
-            for rendered in &organizations {
-                if is_expires_in {
-                    let mut text = String::with_capacity(rendered.expires_in_len);
-                    for (series, expires_at) in &rendered.expires_in {
-                        let _ = writeln!(text, "{series} {}", expires_at - now);
-                    }
-                    chunks.push(Bytes::from(text));
-                } else {
-                    chunks.push(rendered.families[index].clone());
+impl RenderedOrganization {
+    /// Writes every family of `snapshot` for the organization labelled `organization`.
+    pub fn render(organization: &str, snapshot: &Snapshot) -> Self {
+        let mut families: [String; FAMILIES.len()] = std::array::from_fn(|_| String::new());
+        let mut expires_in = Vec::new();
+        {
+            let [
+                keys,
+                never_expiring,
+                orphaned,
+                unused,
+                info,
+                created,
+                expiry,
+                _expires_in,
+                last_used,
+                organization_info,
+                users,
+                usage_lookback,
+                truncated,
+            ] = &mut families;
+            for ((workspace_id, status), count) in &snapshot.counts {
+                let workspace_name = snapshot
+                    .workspaces
+                    .get(workspace_id)
+                    .map_or(workspace_id.as_str(), String::as_str);
+                let labels = [
+                    ("organization", organization),
+                    ("workspace_id", workspace_id.as_str()),
+                    ("workspace_name", workspace_name),
+                    ("status", status.as_str()),
+                ];
+                write_sample(keys, KEYS.name, &labels, count.total as f64);
+                write_sample(
+                    never_expiring,
+                    NEVER_EXPIRING.name,
+                    &labels,
+                    count.never_expiring as f64,
+                );
+                if snapshot.users_by_role.is_some() {
+                    write_sample(orphaned, ORPHANED.name, &labels, count.orphaned as f64);
+                }
+                if snapshot.usage_lookback.is_some() {
+                    write_sample(unused, UNUSED.name, &labels, count.unused as f64);
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// The text of `snapshot`, rendered on the first scrape after the poll that published it.
-    fn rendered(
-        &self,
-        organization: &str,
-        snapshot: Arc<Snapshot>,
-    ) -> Result<Arc<RenderedOrganization>, prometheus::Error> {
-        let mut cache = self
-            .rendered
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(rendered) = cache
-            .get(organization)
-            .filter(|r| Arc::ptr_eq(&r.snapshot, &snapshot))
-        {
-            return Ok(Arc::clone(rendered));
-        }
-        let rendered = Arc::new(render_organization(organization, snapshot)?);
-        cache.insert(organization.to_owned(), Arc::clone(&rendered));
-        Ok(rendered)
-    }
-}
-
-fn render_organization(
-    organization: &str,
-    snapshot: Arc<Snapshot>,
-) -> Result<RenderedOrganization, prometheus::Error> {
-    let mut metrics: Vec<Vec<Metric>> = vec![Vec::new(); FAMILIES.len()];
-    collect_organization(organization, &snapshot, &mut metrics);
-    let mut families = Vec::with_capacity(FAMILIES.len());
-    let mut expires_in = Vec::new();
-    for (family, metrics) in FAMILIES.iter().zip(metrics) {
-        let text = sample_lines(family, metrics)?;
-        if std::ptr::eq(*family, &EXPIRES_IN) {
-            // Keep each series' escaped name (the line up to its value) beside its key's expiry; the
-            // lines follow the keys' order, as `collect_organization` emits them.
-            let expiries = snapshot.keys.iter().filter_map(|key| key.expires_at);
-            for (line, expires_at) in text.lines().zip(expiries) {
-                let series = line.rsplit_once(' ').map_or(line, |(series, _)| series);
-                expires_in.push((series.to_owned(), expires_at));
+            for key in &snapshot.keys {
+                let KeyRecord {
+                    id,
+                    name,
+                    workspace_id,
+                    workspace_name,
+                    ..
+                } = key;
+                let key_labels = [
+                    ("organization", organization),
+                    ("api_key_id", id.as_str()),
+                    ("api_key_name", name.as_str()),
+                    ("workspace_id", workspace_id.as_str()),
+                    ("workspace_name", workspace_name.as_str()),
+                ];
+                write_sample(
+                    info,
+                    INFO.name,
+                    &[
+                        ("organization", organization),
+                        ("api_key_id", id),
+                        ("api_key_name", name),
+                        ("workspace_id", workspace_id),
+                        ("workspace_name", workspace_name),
+                        ("status", key.status.as_str()),
+                        ("created_by_id", &key.created_by_id),
+                        ("created_by_type", &key.created_by_type),
+                        ("created_by_name", &key.created_by_name),
+                        ("created_by_email", &key.created_by_email),
+                        ("created_by_member", key.created_by_member.as_str()),
+                    ],
+                    1.0,
+                );
+                write_sample(created, CREATED.name, &key_labels, key.created_at);
+                if let Some(expires_at) = key.expires_at {
+                    write_sample(expiry, EXPIRY.name, &key_labels, expires_at);
+                    let mut series = String::new();
+                    write_series(&mut series, EXPIRES_IN.name, &key_labels);
+                    expires_in.push((series.into_boxed_str(), expires_at));
+                }
+                if let Some(at) = key.last_used {
+                    write_sample(last_used, LAST_USED.name, &key_labels, at);
+                }
             }
-            families.push(Bytes::new());
-        } else {
-            families.push(Bytes::from(text));
+            if let Some((id, name)) = &snapshot.organization_info {
+                write_sample(
+                    organization_info,
+                    ORGANIZATION_INFO.name,
+                    &[
+                        ("organization", organization),
+                        ("organization_id", id),
+                        ("organization_name", name),
+                    ],
+                    1.0,
+                );
+            }
+            for (role, count) in snapshot.users_by_role.iter().flatten() {
+                write_sample(
+                    users,
+                    USERS.name,
+                    &[("organization", organization), ("role", role)],
+                    *count as f64,
+                );
+            }
+            if let Some(lookback) = snapshot.usage_lookback {
+                write_sample(
+                    usage_lookback,
+                    USAGE_LOOKBACK.name,
+                    &[("organization", organization)],
+                    lookback,
+                );
+            }
+            if snapshot.has_inventory {
+                write_sample(
+                    truncated,
+                    TRUNCATED.name,
+                    &[("organization", organization)],
+                    snapshot.truncated_label_values as f64,
+                );
+            }
+        }
+        let expires_in_len = expires_in.iter().map(|(series, _)| series.len() + 24).sum();
+        Self {
+            families: families.into_iter().map(Bytes::from).collect(),
+            expires_in,
+            expires_in_len,
         }
     }
-    let expires_in_len = expires_in.iter().map(|(series, _)| series.len() + 24).sum();
-    Ok(RenderedOrganization {
-        snapshot,
-        families,
-        expires_in,
-        expires_in_len,
-    })
+
+    fn has_series(&self, index: usize) -> bool {
+        match index {
+            EXPIRES_IN_INDEX => !self.expires_in.is_empty(),
+            _ => !self.families[index].is_empty(),
+        }
+    }
+
+    fn expires_in_text(&self, now: f64) -> Bytes {
+        let mut text = String::with_capacity(self.expires_in_len);
+        for (series, expires_at) in &self.expires_in {
+            text.push_str(series);
+            text.push(' ');
+            write_value(&mut text, expires_at - now);
+            text.push('\n');
+        }
+        Bytes::from(text)
+    }
 }
 
-/// The sample lines of one family (no HELP or TYPE), escaped by the `prometheus` crate's encoder.
-fn sample_lines(family: &Family, metrics: Vec<Metric>) -> Result<String, prometheus::Error> {
-    if metrics.is_empty() {
-        return Ok(String::new());
-    }
-    let mut metric_family = MetricFamily::default();
-    metric_family.set_name(family.name.to_owned());
-    metric_family.set_help(family.help.to_owned());
-    metric_family.set_field_type(MetricType::GAUGE);
-    metric_family.set_metric(metrics);
-    let mut buffer = Vec::new();
-    TextEncoder::new().encode(&[metric_family], &mut buffer)?;
-    let text =
-        String::from_utf8(buffer).map_err(|error| prometheus::Error::Msg(error.to_string()))?;
-    let mut lines = String::with_capacity(text.len());
-    for line in text.lines().filter(|line| !line.starts_with('#')) {
-        lines.push_str(line);
-        lines.push('\n');
-    }
-    Ok(lines)
-}
-
-fn collect_organization(organization: &str, snapshot: &Snapshot, families: &mut [Vec<Metric>]) {
-    let [
-        keys,
-        never_expiring,
-        info,
-        created,
-        expiry,
-        expires_in,
-        organization_info,
-    ] = families
-    else {
-        return;
-    };
-    organization_info.push(gauge(
-        &[
-            organization,
-            &snapshot.organization_id,
-            &snapshot.organization_name,
-        ],
-        ORGANIZATION_INFO.labels,
-        1.0,
-    ));
-    for ((workspace_id, status), count) in &snapshot.counts {
-        let workspace_name = snapshot
-            .workspaces
-            .get(workspace_id)
-            .map_or(workspace_id.as_str(), String::as_str);
-        let values = [
-            organization,
-            workspace_id.as_str(),
-            workspace_name,
-            status.as_str(),
-        ];
-        keys.push(gauge(&values, COUNT_LABELS, count.total as f64));
-        never_expiring.push(gauge(&values, COUNT_LABELS, count.never_expiring as f64));
-    }
-    for key in &snapshot.keys {
-        let KeyRecord {
-            id,
-            name,
-            workspace_id,
-            workspace_name,
-            ..
-        } = key;
-        let key_values = [
-            organization,
-            id.as_str(),
-            name.as_str(),
-            workspace_id.as_str(),
-            workspace_name.as_str(),
-        ];
-        info.push(gauge(
-            &[
-                organization,
-                id,
-                name,
-                workspace_id,
-                workspace_name,
-                key.status.as_str(),
-                &key.created_by_id,
-                &key.created_by_type,
-            ],
-            INFO.labels,
-            1.0,
-        ));
-        created.push(gauge(&key_values, KEY_LABELS, key.created_at));
-        if let Some(expires_at) = key.expires_at {
-            expiry.push(gauge(&key_values, KEY_LABELS, expires_at));
-            expires_in.push(gauge(&key_values, KEY_LABELS, expires_at));
+/// Appends every API-key family of `organizations`, in the Prometheus text format, to `chunks`: one
+/// header per family, then each organization's lines. Text that only changes with a publish is
+/// shared with every other scrape rather than copied.
+pub(crate) fn encode(
+    organizations: &[std::sync::Arc<RenderedOrganization>],
+    now: f64,
+    chunks: &mut Vec<Bytes>,
+) {
+    for (index, family) in FAMILIES.iter().enumerate() {
+        if !organizations
+            .iter()
+            .any(|rendered| rendered.has_series(index))
+        {
+            continue;
+        }
+        let mut header = String::new();
+        write_gauge_header(&mut header, family.name, family.help);
+        chunks.push(Bytes::from(header));
+        for rendered in organizations {
+            if index == EXPIRES_IN_INDEX {
+                chunks.push(rendered.expires_in_text(now));
+            } else if !rendered.families[index].is_empty() {
+                chunks.push(rendered.families[index].clone());
+            }
         }
     }
 }
 
-fn gauge(values: &[&str], names: &[&str], value: f64) -> Metric {
-    let labels = names
-        .iter()
-        .zip(values)
-        .map(|(name, value)| {
-            let mut pair = LabelPair::default();
-            pair.set_name((*name).to_owned());
-            pair.set_value((*value).to_owned());
-            pair
-        })
-        .collect();
-    let mut gauge = Gauge::default();
-    gauge.set_value(value);
-    let mut metric = Metric::from_gauge(gauge);
-    metric.set_label(labels);
-    metric
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn unix_seconds(at: SystemTime) -> f64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|since_epoch| since_epoch.as_secs_f64())
-        .unwrap_or_default()
+    #[test]
+    fn every_help_says_the_values_are_cached_and_usage_help_states_its_limits() {
+        assert!(FAMILIES.iter().all(|family| family.help.ends_with(CACHED)));
+        assert!(LAST_USED.help.contains(USAGE_NOTE));
+        assert_eq!(FAMILIES[EXPIRES_IN_INDEX].name, EXPIRES_IN.name);
+    }
 }

@@ -80,7 +80,7 @@ async fn assert_failure_with_timeout_is_survived(
         move |m: &Metrics| {
             m.value(
                 "anthropic_exporter_poll_failures_total",
-                &[("reason", reason)],
+                &[("source", "api_keys"), ("reason", reason)],
             )
             .is_some_and(|v| v >= count)
         }
@@ -91,7 +91,7 @@ async fn assert_failure_with_timeout_is_survived(
     let first_count = first_failure
         .value(
             "anthropic_exporter_poll_failures_total",
-            &[("reason", reason)],
+            &[("source", "api_keys"), ("reason", reason)],
         )
         .unwrap();
     let failed = app
@@ -130,11 +130,14 @@ async fn assert_failure_with_timeout_is_survived(
     let failures = failed
         .value(
             "anthropic_exporter_poll_failures_total",
-            &[("reason", reason)],
+            &[("source", "api_keys"), ("reason", reason)],
         )
         .unwrap();
     assert_eq!(
-        failed.sum("anthropic_exporter_poll_failures_total", &[]),
+        failed.sum(
+            "anthropic_exporter_poll_failures_total",
+            &[("source", "api_keys")]
+        ),
         failures,
         "{reason}: only this reason"
     );
@@ -244,7 +247,7 @@ async fn an_unreachable_api_is_reported_as_network() {
     assert_eq!(
         metrics.value(
             "anthropic_exporter_poll_failures_total",
-            &[("reason", "network")]
+            &[("source", "api_keys"), ("reason", "network")]
         ),
         Some(1.0)
     );
@@ -294,14 +297,18 @@ async fn every_failure_reason_is_exported_from_the_start() {
         assert_eq!(
             metrics.value(
                 "anthropic_exporter_poll_failures_total",
-                &[("organization", "acme"), ("reason", reason)]
+                &[
+                    ("source", "api_keys"),
+                    ("organization", "acme"),
+                    ("reason", reason)
+                ]
             ),
             Some(0.0),
             "{reason}"
         );
     }
     assert_eq!(
-        metrics.value("anthropic_exporter_polls_total", &[]),
+        metrics.value("anthropic_exporter_polls_total", &[("source", "api_keys")]),
         Some(1.0)
     );
 }

@@ -7,7 +7,8 @@ use wiremock::{Mock, MockServer, Respond, ResponseTemplate};
 
 use crate::common::admin_api::organization;
 pub(crate) use crate::common::admin_api::{
-    KEYS_PATH, KeyFixture, ME_PATH, WORKSPACES_PATH, error_body, page, workspace,
+    KEYS_PATH, KeyFixture, ME_PATH, USAGE_PATH, USERS_PATH, WORKSPACES_PATH, error_body, page,
+    usage_bucket, user, workspace,
 };
 use crate::helpers::ADMIN_KEY;
 
@@ -77,6 +78,28 @@ pub(crate) async fn mount_simple_organization(server: &MockServer, keys: &[Value
     Mock::given(method("GET"))
         .and(path(KEYS_PATH))
         .respond_with(ResponseTemplate::new(200).set_body_json(page(keys, false)))
+        .mount(server)
+        .await;
+}
+
+/// `GET /v1/organizations/users`: `users` on one page.
+pub(crate) async fn mount_users(server: &MockServer, users: &[Value]) {
+    Mock::given(method("GET"))
+        .and(path(USERS_PATH))
+        .and(query_param("limit", "1000"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(users, false)))
+        .mount(server)
+        .await;
+}
+
+/// The usage report: `buckets` on one page, whatever the query (daily and hourly alike).
+pub(crate) async fn mount_usage(server: &MockServer, buckets: &[Value]) {
+    Mock::given(method("GET"))
+        .and(path(USAGE_PATH))
+        .and(query_param("group_by[]", "api_key_id"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"data": buckets, "has_more": false, "next_page": null}),
+        ))
         .mount(server)
         .await;
 }

@@ -11,10 +11,13 @@ use crate::helpers::*;
 
 /// Values that change from run to run are replaced; process metrics are dropped.
 fn mask(text: &str) -> String {
-    const MASKED_VALUES: [&str; 3] = [
+    const MASKED_VALUES: [&str; 6] = [
         "anthropic_api_key_expires_in_seconds{",
         "anthropic_exporter_last_successful_poll_timestamp_seconds{",
         "anthropic_exporter_poll_duration_seconds{",
+        "anthropic_exporter_source_last_success_timestamp_seconds{",
+        "anthropic_exporter_source_duration_seconds{",
+        "anthropic_exporter_config_last_reload_success_timestamp_seconds",
     ];
     let mut out = String::new();
     for line in text.lines() {
@@ -41,7 +44,8 @@ fn mask(text: &str) -> String {
 }
 
 /// The fixed organization: every status, every workspace form, nullable fields, a status the exporter
-/// does not know, and names that need escaping.
+/// does not know, names that need escaping, a creator who left, and keys used, unused and used by a
+/// key the inventory does not list.
 async fn fixed_organization() -> MockServer {
     let server = MockServer::start().await;
     mount_organization(&server, "4f6c1c7e-1d2b-4c1a-9a43-1f2e3d4c5b6a", "Acme Corp").await;
@@ -63,6 +67,7 @@ async fn fixed_organization() -> MockServer {
             .name("billing")
             .in_workspace("wrkspc_prod")
             .status("inactive")
+            .created_by("user_02", "user")
             .json(),
         KeyFixture::new("apikey_03")
             .name("ci 🚀")
@@ -86,7 +91,44 @@ async fn fixed_organization() -> MockServer {
             .json(),
     ];
     mount_key_pages(&server, &[keys]).await;
+    mount_users(
+        &server,
+        &[
+            user("user_01", "Ada Lovelace", "ada@acme.example", "admin"),
+            user("user_03", "Grace Hopper", "grace@acme.example", "developer"),
+        ],
+    )
+    .await;
+    mount_usage(
+        &server,
+        &[
+            usage_bucket(
+                "2025-06-01T00:00:00Z",
+                "2025-06-02T00:00:00Z",
+                &["apikey_01", "apikey_gone"],
+            ),
+            usage_bucket(
+                "2025-06-10T00:00:00Z",
+                "2025-06-11T00:00:00Z",
+                &["apikey_05"],
+            ),
+        ],
+    )
+    .await;
     server
+}
+
+/// Waits until every source has finished its first poll.
+async fn wait_for_every_source(app: &TestApp) {
+    app.wait_for("every source's first poll", |m| {
+        ["organization", "workspaces", "api_keys", "users", "usage"]
+            .iter()
+            .all(|source| {
+                m.value("anthropic_exporter_source_up", &[("source", source)])
+                    .is_some()
+            })
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -95,7 +137,7 @@ async fn metrics_output_matches_the_golden_file() {
     let app = spawn_app(fixed_organization().await).await;
 
     // Act
-    app.wait_for_first_poll().await;
+    wait_for_every_source(&app).await;
     let actual = mask(&app.metrics_text().await);
 
     // Assert
@@ -127,7 +169,7 @@ async fn metrics_output_matches_the_golden_file() {
 async fn promtool_accepts_the_metrics_output() {
     // Arrange
     let app = spawn_app(fixed_organization().await).await;
-    app.wait_for_first_poll().await;
+    wait_for_every_source(&app).await;
     let text = app.metrics_text().await;
 
     // Act

@@ -103,7 +103,7 @@ impl TestApp {
     /// Waits until `anthropic_exporter_polls_total` reaches `count`.
     pub(crate) async fn wait_for_polls(&self, count: f64) -> Metrics {
         self.wait_for(&format!("{count} polls"), |m| {
-            m.value("anthropic_exporter_polls_total", &[])
+            m.value("anthropic_exporter_polls_total", &[("source", "api_keys")])
                 .is_some_and(|polls| polls >= count)
         })
         .await

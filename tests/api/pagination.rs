@@ -69,7 +69,7 @@ async fn a_repeated_cursor_fails_the_poll_instead_of_looping() {
     assert_eq!(
         metrics.value(
             "anthropic_exporter_poll_failures_total",
-            &[("reason", "pagination")]
+            &[("source", "api_keys"), ("reason", "pagination")]
         ),
         Some(1.0)
     );
@@ -100,7 +100,7 @@ async fn has_more_without_any_cursor_fails_the_poll() {
     assert_eq!(
         metrics.value(
             "anthropic_exporter_poll_failures_total",
-            &[("reason", "pagination")]
+            &[("source", "api_keys"), ("reason", "pagination")]
         ),
         Some(1.0)
     );
@@ -149,7 +149,7 @@ async fn a_failure_on_a_later_page_keeps_the_whole_previous_snapshot() {
         .wait_for("a failed poll", |m| {
             m.value(
                 "anthropic_exporter_poll_failures_total",
-                &[("reason", "server_error")],
+                &[("source", "api_keys"), ("reason", "server_error")],
             )
             .is_some_and(|v| v >= 1.0)
         })

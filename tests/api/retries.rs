@@ -81,7 +81,7 @@ async fn a_429_is_retried_after_the_delay_the_server_asks_for() {
     assert_eq!(
         metrics.value(
             "anthropic_exporter_poll_failures_total",
-            &[("reason", "rate_limited")]
+            &[("source", "api_keys"), ("reason", "rate_limited")]
         ),
         Some(0.0)
     );
@@ -127,7 +127,7 @@ async fn a_500_then_success_is_a_successful_poll() {
     assert_eq!(
         metrics.value(
             "anthropic_exporter_poll_failures_total",
-            &[("reason", "server_error")]
+            &[("source", "api_keys"), ("reason", "server_error")]
         ),
         Some(0.0)
     );
@@ -162,7 +162,7 @@ async fn persistent_server_errors_give_up_after_the_configured_retries() {
     assert_eq!(
         metrics.value(
             "anthropic_exporter_poll_failures_total",
-            &[("reason", "server_error")]
+            &[("source", "api_keys"), ("reason", "server_error")]
         ),
         Some(1.0)
     );
@@ -189,7 +189,7 @@ async fn a_retry_that_would_overrun_the_poll_deadline_is_not_attempted() {
     assert_eq!(
         metrics.value(
             "anthropic_exporter_poll_failures_total",
-            &[("reason", "rate_limited")]
+            &[("source", "api_keys"), ("reason", "rate_limited")]
         ),
         Some(1.0)
     );
@@ -218,7 +218,7 @@ async fn rejected_and_forbidden_keys_are_not_retried() {
         assert_eq!(
             metrics.value(
                 "anthropic_exporter_poll_failures_total",
-                &[("reason", reason)]
+                &[("source", "api_keys"), ("reason", reason)]
             ),
             Some(1.0),
             "{status}"

@@ -68,7 +68,7 @@ async fn a_rotated_key_file_is_used_from_the_next_poll_on() {
         .wait_for("a key_file failure", |m| {
             m.value(
                 "anthropic_exporter_poll_failures_total",
-                &[("reason", "key_file")],
+                &[("source", "api_keys"), ("reason", "key_file")],
             )
             .is_some_and(|v| v >= 1.0)
         })

@@ -5,6 +5,8 @@ use serde_json::{Value, json};
 pub(crate) const KEYS_PATH: &str = "/v1/organizations/api_keys";
 pub(crate) const WORKSPACES_PATH: &str = "/v1/organizations/workspaces";
 pub(crate) const ME_PATH: &str = "/v1/organizations/me";
+pub(crate) const USERS_PATH: &str = "/v1/organizations/users";
+pub(crate) const USAGE_PATH: &str = "/v1/organizations/usage_report/messages";
 
 /// An API key in the current API shape; every builder method changes one aspect.
 #[derive(Debug, Clone)]
@@ -98,4 +100,27 @@ pub(crate) fn page(items: &[Value], has_more: bool) -> Value {
 
 pub(crate) fn error_body(kind: &str, message: &str, request_id: &str) -> Value {
     json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id})
+}
+
+/// A member of the organization.
+pub(crate) fn user(id: &str, name: &str, email: &str, role: &str) -> Value {
+    json!({"id": id, "type": "user", "name": name, "email": email, "role": role,
+           "added_at": "2024-10-30T23:58:27.427722Z"})
+}
+
+/// A usage-report bucket in which each key of `used` has output tokens, plus one Workbench result
+/// without a key and one key with zero tokens (neither counts as use).
+pub(crate) fn usage_bucket(starting_at: &str, ending_at: &str, used: &[&str]) -> Value {
+    let mut results: Vec<Value> = used
+        .iter()
+        .map(|id| json!({"api_key_id": id, "uncached_input_tokens": 10, "output_tokens": 5,
+                         "cache_read_input_tokens": 0,
+                         "cache_creation": {"ephemeral_1h_input_tokens": 0, "ephemeral_5m_input_tokens": 0}}))
+        .collect();
+    results.push(json!({"api_key_id": null, "uncached_input_tokens": 7, "output_tokens": 7}));
+    results.push(
+        json!({"api_key_id": "apikey_idle", "uncached_input_tokens": 0, "output_tokens": 0,
+                        "cache_read_input_tokens": 0}),
+    );
+    json!({"starting_at": starting_at, "ending_at": ending_at, "results": results})
 }

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use anthropic_keys_exporter::admin_api::RetryPolicy;
 use anthropic_keys_exporter::app::{App, RunError};
-use anthropic_keys_exporter::config::{Config, Invocation, RetryPolicy};
+use anthropic_keys_exporter::config::{Config, Invocation};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -189,11 +189,11 @@ impl Metrics {
         self.value("anthropic_up", &[])
     }
 
-    /// Failed polls counted under `reason`.
+    /// Failed polls of the key inventory counted under `reason`.
     pub(crate) fn failures(&self, reason: &str) -> f64 {
         self.sum(
             "anthropic_exporter_poll_failures_total",
-            &[("reason", reason)],
+            &[("source", "api_keys"), ("reason", reason)],
         )
     }
 

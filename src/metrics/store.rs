@@ -1,0 +1,120 @@
+//! The latest rendered snapshot of every organization this replica polls, and how far each has got,
+//! for scrapes and readiness. Readers clone an `Arc`; the lock is never held across an await or while
+//! rendering.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use super::api_keys::RenderedOrganization;
+
+#[derive(Debug, Default)]
+struct Entry {
+    rendered: Option<Arc<RenderedOrganization>>,
+    /// The first key-inventory poll has finished, successfully or not.
+    inventory_attempted: bool,
+    inventory_succeeded: bool,
+}
+
+/// Shared between the pollers, which publish, and the HTTP handlers, which read.
+#[derive(Debug, Default)]
+pub struct SnapshotStore {
+    organizations: RwLock<BTreeMap<String, Entry>>,
+}
+
+impl SnapshotStore {
+    pub fn new<'a>(organizations: impl IntoIterator<Item = &'a str>) -> Self {
+        let store = Self::default();
+        for organization in organizations {
+            store.add(organization);
+        }
+        store
+    }
+
+    /// An organization starts being polled: it counts for readiness from now on.
+    pub fn add(&self, organization: &str) {
+        self.write()
+            .insert(organization.to_owned(), Entry::default());
+    }
+
+    /// An organization is no longer polled: its series vanish from the next scrape.
+    pub fn remove(&self, organization: &str) {
+        self.write().remove(organization);
+    }
+
+    pub fn publish(&self, organization: &str, rendered: Arc<RenderedOrganization>) {
+        if let Some(entry) = self.write().get_mut(organization) {
+            entry.rendered = Some(rendered);
+        }
+    }
+
+    pub fn record_inventory_poll(&self, organization: &str, succeeded: bool) {
+        if let Some(entry) = self.write().get_mut(organization) {
+            entry.inventory_attempted = true;
+            entry.inventory_succeeded |= succeeded;
+        }
+    }
+
+    /// Every organization's rendered snapshot, in name order.
+    pub fn all(&self) -> Vec<Arc<RenderedOrganization>> {
+        self.read()
+            .values()
+            .filter_map(|entry| entry.rendered.clone())
+            .collect()
+    }
+
+    /// The organizations readiness waits for: those whose first key-inventory poll has not finished,
+    /// or, once all have finished without any success, all of them. Empty once ready.
+    pub fn not_ready(&self) -> Vec<String> {
+        let organizations = self.read();
+        let waiting: Vec<String> = organizations
+            .iter()
+            .filter(|(_, entry)| !entry.inventory_attempted)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !waiting.is_empty()
+            || organizations
+                .values()
+                .any(|entry| entry.inventory_succeeded)
+        {
+            return waiting;
+        }
+        organizations.keys().cloned().collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.organizations
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+        self.organizations
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_once_every_organization_finished_its_first_poll_and_one_succeeded() {
+        let store = SnapshotStore::new(["a", "b"]);
+        assert_eq!(store.not_ready(), ["a", "b"]);
+        store.record_inventory_poll("a", false);
+        assert_eq!(store.not_ready(), ["b"]);
+        store.record_inventory_poll("b", false);
+        assert_eq!(
+            store.not_ready(),
+            ["a", "b"],
+            "no organization succeeded yet"
+        );
+        store.record_inventory_poll("b", true);
+        assert!(store.not_ready().is_empty());
+        store.add("c");
+        assert_eq!(store.not_ready(), ["c"]);
+        store.remove("c");
+        assert!(store.not_ready().is_empty());
+    }
+}

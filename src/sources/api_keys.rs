@@ -1,0 +1,199 @@
+//! `api_keys`: the key inventory (`GET /v1/organizations/api_keys`, every page, every status). Its
+//! success is what `anthropic_up` reports.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::{LastGood, Source, SourceKind, Update};
+use crate::admin_api::model::ApiKey;
+use crate::admin_api::{ApiError, Endpoint, Session};
+
+/// The status of a key. Statuses the exporter does not know yet are kept as `Unknown` rather than
+/// failing the poll: the API has grown this enum before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyStatus {
+    Active,
+    Inactive,
+    Archived,
+    Expired,
+    Unknown,
+}
+
+impl KeyStatus {
+    /// The statuses that are zero-filled in every workspace.
+    pub const KNOWN: [KeyStatus; 4] = [Self::Active, Self::Inactive, Self::Archived, Self::Expired];
+
+    pub fn from_api(status: Option<&str>) -> Self {
+        match status {
+            Some("active") => Self::Active,
+            Some("inactive") => Self::Inactive,
+            Some("archived") => Self::Archived,
+            Some("expired") => Self::Expired,
+            _ => Self::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Inactive => "inactive",
+            Self::Archived => "archived",
+            Self::Expired => "expired",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Where a key belongs, before workspace names are joined in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkspaceRef {
+    /// A workspace by id (from `scope.workspace_id`, else the deprecated `workspace_id`).
+    Id(String),
+    /// The Default workspace as older API versions report it: no `scope`, `workspace_id: null`.
+    Default,
+    /// Scoped to the whole organization.
+    Organization,
+}
+
+/// One key as listed, with its timestamps parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InventoryKey {
+    pub id: String,
+    pub name: String,
+    pub status: KeyStatus,
+    pub workspace: WorkspaceRef,
+    /// `(id, type)` of the creator, when the API recorded one.
+    pub created_by: Option<(String, String)>,
+    /// Unix seconds.
+    pub created_at: f64,
+    /// Unix seconds; `None` for keys that never expire.
+    pub expires_at: Option<f64>,
+}
+
+/// The whole listing.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// Sorted by id, each id once (a key listed twice because the list moved under the cursor is one
+    /// series).
+    pub keys: Vec<InventoryKey>,
+    /// Raw status values the exporter did not recognise, for a warning.
+    pub unknown_statuses: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+pub struct ApiKeysSource {
+    pub interval: Duration,
+}
+
+impl Source for ApiKeysSource {
+    fn kind(&self) -> SourceKind {
+        SourceKind::ApiKeys
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn fetch<'a>(&'a self, session: &'a Session<'a>) -> BoxFuture<'a, Result<Update, ApiError>> {
+        Box::pin(async move {
+            let mut by_id: HashMap<String, InventoryKey> = HashMap::new();
+            let mut unknown_statuses = BTreeSet::new();
+            let mut invalid: Option<ApiError> = None;
+            session
+                .list_all(
+                    Endpoint::ApiKeys,
+                    &[],
+                    |key: &ApiKey| key.id.as_str(),
+                    |page: Vec<ApiKey>| {
+                        for key in page {
+                            if KeyStatus::from_api(key.status.as_deref()) == KeyStatus::Unknown {
+                                unknown_statuses.insert(
+                                    key.status.clone().unwrap_or_else(|| "(none)".to_owned()),
+                                );
+                            }
+                            match InventoryKey::from_api(key) {
+                                Ok(parsed) => {
+                                    by_id.insert(parsed.id.clone(), parsed);
+                                }
+                                Err(error) => {
+                                    invalid.get_or_insert(error);
+                                }
+                            }
+                        }
+                    },
+                )
+                .await?;
+            if let Some(error) = invalid {
+                return Err(error);
+            }
+            let mut keys: Vec<InventoryKey> = by_id.into_values().collect();
+            keys.sort_by(|a, b| a.id.cmp(&b.id));
+            let inventory = Arc::new(Inventory {
+                keys,
+                unknown_statuses,
+            });
+            Ok(Box::new(move |last: &mut LastGood| last.api_keys = Some(inventory)) as Update)
+        })
+    }
+}
+
+impl InventoryKey {
+    /// Fails (as a decode error) only when a key carries a timestamp that is not RFC 3339: silently
+    /// dropping an expiry would hide exactly what we alert on.
+    pub fn from_api(key: ApiKey) -> Result<Self, ApiError> {
+        let created_at = parse_timestamp(&key.id, "created_at", &key.created_at)?;
+        let expires_at = key
+            .expires_at
+            .as_deref()
+            .map(|value| parse_timestamp(&key.id, "expires_at", value))
+            .transpose()?;
+        let scope = key.scope.as_ref();
+        let workspace = if scope.and_then(|scope| scope.kind.as_deref()) == Some("organization") {
+            WorkspaceRef::Organization
+        } else {
+            match scope
+                .and_then(|scope| scope.workspace_id.clone())
+                .or(key.workspace_id)
+            {
+                Some(id) => WorkspaceRef::Id(id),
+                None => WorkspaceRef::Default,
+            }
+        };
+        let created_by = key
+            .created_by
+            .map(|actor| (actor.id.unwrap_or_default(), actor.kind.unwrap_or_default()));
+        Ok(Self {
+            status: KeyStatus::from_api(key.status.as_deref()),
+            id: key.id,
+            name: key.name.unwrap_or_default(),
+            workspace,
+            created_by,
+            created_at,
+            expires_at,
+        })
+    }
+}
+
+/// Unix seconds of an RFC 3339 time, with its fraction.
+pub fn parse_timestamp(key_id: &str, field: &str, value: &str) -> Result<f64, ApiError> {
+    rfc3339_seconds(value).ok_or_else(|| ApiError::Decode {
+        endpoint: Endpoint::ApiKeys,
+        request_id: None,
+        detail: format!(
+            "key {}: {field} {:?} is not an RFC 3339 time",
+            key_id.chars().take(100).collect::<String>(),
+            value.chars().take(100).collect::<String>()
+        ),
+    })
+}
+
+pub(crate) fn rfc3339_seconds(value: &str) -> Option<f64> {
+    OffsetDateTime::parse(value, &Rfc3339)
+        .ok()
+        .map(|at| at.unix_timestamp_nanos() as f64 / 1e9)
+}
