@@ -236,6 +236,20 @@ impl ExporterProcess {
         }
     }
 
+    /// Sends the signal `name` (e.g. `HUP`) to the process.
+    pub(crate) fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait works").is_none()
+    }
+
     /// Sends SIGTERM and returns the exit status and how long the process took to exit.
     pub(crate) fn terminate(mut self) -> (std::process::ExitStatus, Duration, String) {
         let started = Instant::now();

@@ -18,4 +18,5 @@ mod pagination;
 mod process;
 mod retries;
 mod rotation;
+mod upstream;
 mod web;
