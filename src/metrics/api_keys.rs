@@ -5,8 +5,11 @@
 //! The labels of tens of thousands of keys only change when a source publishes, so each snapshot is
 //! written to text once and every scrape until the next publish sends the same bytes.
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 
+use super::gzip;
 use super::text::{write_gauge_header, write_sample, write_series, write_value};
 use crate::snapshot::{KeyRecord, Snapshot};
 
@@ -52,7 +55,7 @@ const EXPIRY: Family = Family {
 };
 const EXPIRES_IN: Family = Family {
     name: "anthropic_api_key_expires_in_seconds",
-    help: "Seconds until the API key expires, negative once past, computed at scrape time; absent for keys that never expire. Cached from the last successful background poll of the Admin API.",
+    help: "Seconds until the API key expires, negative once past, computed at scrape time (once per second for all scrapes within it); absent for keys that never expire. Cached from the last successful background poll of the Admin API.",
 };
 const LAST_USED: Family = Family {
     name: "anthropic_api_key_last_used_timestamp_seconds",
@@ -102,6 +105,11 @@ pub struct RenderedOrganization {
     /// Per family of [`FAMILIES`]; empty when the organization has no series of it. Reference-counted:
     /// every scrape sends the same bytes.
     pub(crate) families: Vec<Bytes>,
+    /// The same, each compressed once as a gzip member.
+    pub(crate) gzipped: Vec<Bytes>,
+    /// The `expires_in` lines of the current second, plain and compressed: every scrape within one
+    /// second shares them.
+    expires_in_cache: Mutex<Option<ExpiresIn>>,
     /// `expires_in` series (escaped, without value) and their expiry, in key order.
     pub(crate) expires_in: Vec<(Box<str>, f64)>,
     /// About how long the `expires_in` text is, to allocate it once per scrape.
@@ -236,8 +244,15 @@ impl RenderedOrganization {
             }
         }
         let expires_in_len = expires_in.iter().map(|(series, _)| series.len() + 24).sum();
+        let families: Vec<Bytes> = families.into_iter().map(Bytes::from).collect();
+        let gzipped = families
+            .iter()
+            .map(|text| gzip::member(text, gzip::AT_PUBLISH))
+            .collect();
         Self {
-            families: families.into_iter().map(Bytes::from).collect(),
+            families,
+            gzipped,
+            expires_in_cache: Mutex::new(None),
             expires_in,
             expires_in_len,
         }
@@ -250,7 +265,17 @@ impl RenderedOrganization {
         }
     }
 
-    fn expires_in_text(&self, now: f64) -> Bytes {
+    /// The `expires_in` lines as of `now`, computed by the first scrape of each second and shared by
+    /// the others of that second.
+    fn expires_in(&self, now: f64) -> ExpiresIn {
+        let second = now.floor() as i64;
+        let mut cache = self
+            .expires_in_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(cached) = cache.as_ref().filter(|cached| cached.second == second) {
+            return cached.clone();
+        }
         let mut text = String::with_capacity(self.expires_in_len);
         for (series, expires_at) in &self.expires_in {
             text.push_str(series);
@@ -258,33 +283,81 @@ impl RenderedOrganization {
             write_value(&mut text, expires_at - now);
             text.push('\n');
         }
-        Bytes::from(text)
+        let fresh = ExpiresIn {
+            second,
+            gzipped: gzip::member(text.as_bytes(), gzip::PER_SCRAPE),
+            plain: Bytes::from(text),
+        };
+        *cache = Some(fresh.clone());
+        fresh
     }
 }
 
-/// Appends every API-key family of `organizations`, in the Prometheus text format, to `chunks`: one
-/// header per family, then each organization's lines. Text that only changes with a publish is
-/// shared with every other scrape rather than copied.
+#[derive(Debug, Clone)]
+struct ExpiresIn {
+    second: i64,
+    plain: Bytes,
+    gzipped: Bytes,
+}
+
+/// Whether the body is sent as text or as a stream of gzip members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// The family headers, plain and as gzip members, built once for the whole process.
+fn headers() -> &'static [(Bytes, Bytes)] {
+    static HEADERS: std::sync::OnceLock<Vec<(Bytes, Bytes)>> = std::sync::OnceLock::new();
+    HEADERS.get_or_init(|| {
+        FAMILIES
+            .iter()
+            .map(|family| {
+                let mut header = String::new();
+                write_gauge_header(&mut header, family.name, family.help);
+                let gzipped = gzip::member(header.as_bytes(), gzip::AT_PUBLISH);
+                (Bytes::from(header), gzipped)
+            })
+            .collect()
+    })
+}
+
+/// Appends every API-key family of `organizations`, in the Prometheus text format (or as gzip members
+/// of it), to `chunks`: one header per family, then each organization's lines. Text that only changes
+/// with a publish is shared with every other scrape rather than copied, and compressed only once.
 pub(crate) fn encode(
-    organizations: &[std::sync::Arc<RenderedOrganization>],
+    organizations: &[Arc<RenderedOrganization>],
     now: f64,
+    encoding: Encoding,
     chunks: &mut Vec<Bytes>,
 ) {
-    for (index, family) in FAMILIES.iter().enumerate() {
+    for (index, (plain_header, gzipped_header)) in headers().iter().enumerate() {
         if !organizations
             .iter()
             .any(|rendered| rendered.has_series(index))
         {
             continue;
         }
-        let mut header = String::new();
-        write_gauge_header(&mut header, family.name, family.help);
-        chunks.push(Bytes::from(header));
+        chunks.push(match encoding {
+            Encoding::Identity => plain_header.clone(),
+            Encoding::Gzip => gzipped_header.clone(),
+        });
         for rendered in organizations {
-            if index == EXPIRES_IN_INDEX {
-                chunks.push(rendered.expires_in_text(now));
-            } else if !rendered.families[index].is_empty() {
-                chunks.push(rendered.families[index].clone());
+            let chunk = if index == EXPIRES_IN_INDEX {
+                let expires_in = rendered.expires_in(now);
+                match encoding {
+                    Encoding::Identity => expires_in.plain,
+                    Encoding::Gzip => expires_in.gzipped,
+                }
+            } else {
+                match encoding {
+                    Encoding::Identity => rendered.families[index].clone(),
+                    Encoding::Gzip => rendered.gzipped[index].clone(),
+                }
+            };
+            if !chunk.is_empty() {
+                chunks.push(chunk);
             }
         }
     }

@@ -4,6 +4,7 @@
 
 mod api_keys;
 mod exporter;
+mod gzip;
 mod store;
 mod text;
 
@@ -13,7 +14,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use prometheus::{Registry, TextEncoder};
 
-pub use api_keys::RenderedOrganization;
+pub use api_keys::{Encoding, RenderedOrganization};
 pub use exporter::ExporterMetrics;
 pub use store::SnapshotStore;
 
@@ -41,14 +42,25 @@ impl Exposition {
     /// Renders every metric in the Prometheus text format, as chunks to send one after the other: the
     /// large, publish-to-publish constant parts are shared between scrapes instead of copied into each.
     pub fn render_chunks(&self) -> Result<Vec<Bytes>, prometheus::Error> {
+        self.render_encoded(Encoding::Identity)
+    }
+
+    /// The same body as [`Exposition::render_chunks`], as a stream of gzip members (one
+    /// `Content-Encoding: gzip` body): the snapshot parts were compressed when they were published, only
+    /// the exporter's own metrics and the `expires_in` values are compressed here.
+    pub fn render_encoded(&self, encoding: Encoding) -> Result<Vec<Bytes>, prometheus::Error> {
         let mut own = String::with_capacity(16 * 1024);
         TextEncoder::new().encode_utf8(&self.registry.gather(), &mut own)?;
-        let mut chunks = vec![Bytes::from(own)];
+        let own = match encoding {
+            Encoding::Identity => Bytes::from(own),
+            Encoding::Gzip => gzip::member(own.as_bytes(), gzip::PER_SCRAPE),
+        };
+        let mut chunks = vec![own];
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|since_epoch| since_epoch.as_secs_f64())
             .unwrap_or_default();
-        api_keys::encode(&self.store.all(), now, &mut chunks);
+        api_keys::encode(&self.store.all(), now, encoding, &mut chunks);
         Ok(chunks)
     }
 
@@ -60,5 +72,68 @@ impl Exposition {
             text.extend_from_slice(&chunk);
         }
         Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+    use crate::admin_api::model::{ApiKey, Organization, Workspace};
+    use crate::snapshot::Snapshot;
+
+    #[test]
+    fn the_gzip_body_decompresses_to_exactly_the_plain_body() {
+        let keys: Vec<ApiKey> = (0..50)
+            .map(|i| {
+                serde_json::from_value(serde_json::json!({"id": format!("k{i}"), "name": format!("n\"{i}"),
+                    "created_at": "2025-01-01T00:00:00Z", "status": "active",
+                    "expires_at": if i % 2 == 0 { serde_json::Value::Null } else { serde_json::json!("2030-01-01T00:00:00Z") }}))
+                .unwrap()
+            })
+            .collect();
+        let organization = Organization {
+            id: "o".into(),
+            name: Some("O".into()),
+        };
+        let workspace: Workspace =
+            serde_json::from_value(serde_json::json!({"id": "w", "name": "W"})).unwrap();
+        let snapshot = Snapshot::from_listing(organization, vec![workspace], keys).unwrap();
+        let store = Arc::new(SnapshotStore::new(["a", "b"]));
+        for organization in ["a", "b"] {
+            store.publish(
+                organization,
+                Arc::new(RenderedOrganization::render(organization, &snapshot)),
+            );
+        }
+        let exposition = Exposition::new(&ExporterMetrics::new().unwrap(), store).unwrap();
+
+        // Within one second both encodings carry the same expires_in values; retry across a boundary.
+        for _ in 0..3 {
+            let plain: Vec<u8> = exposition.render().unwrap();
+            let gzipped: Vec<u8> = exposition.render_encoded(Encoding::Gzip).unwrap().concat();
+            let mut text = Vec::new();
+            flate2::read::MultiGzDecoder::new(&gzipped[..])
+                .read_to_end(&mut text)
+                .unwrap();
+            let strip = |body: &[u8]| -> String {
+                String::from_utf8_lossy(body)
+                    .lines()
+                    .filter(|line| !line.starts_with("process_"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            if strip(&text) == strip(&plain) {
+                assert!(
+                    gzipped.len() * 4 < plain.len(),
+                    "{} vs {}",
+                    gzipped.len(),
+                    plain.len()
+                );
+                return;
+            }
+        }
+        panic!("the gzip body differs from the plain body");
     }
 }
