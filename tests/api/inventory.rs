@@ -534,3 +534,44 @@ async fn scrapes_never_call_the_admin_api() {
         after_first_poll
     );
 }
+
+#[tokio::test]
+async fn a_one_megabyte_key_name_is_cut_and_counted_instead_of_blowing_up_the_scrape() {
+    // Arrange: one key whose name is a megabyte long, one ordinary key.
+    let huge = "x".repeat(1024 * 1024);
+    let server = MockServer::start().await;
+    mount_simple_organization(
+        &server,
+        &[
+            KeyFixture::new("k1")
+                .name(&huge)
+                .expires_at("2031-01-01T00:00:00Z")
+                .json(),
+            KeyFixture::new("k2").name("normal").json(),
+        ],
+    )
+    .await;
+
+    // Act
+    let app = spawn_app(server).await;
+    app.wait_for_first_poll().await;
+    let text = app.metrics_text().await;
+
+    // Assert: about ten series carry the name; uncut they would be over 10 MB.
+    assert!(
+        text.len() < 100 * 1024,
+        "the scrape is {} bytes",
+        text.len()
+    );
+    let metrics = Metrics::parse(&text);
+    let info = metrics.find("anthropic_api_key_info", &[("api_key_id", "k1")]);
+    let name = &info[0].labels["api_key_name"];
+    assert_eq!(name.chars().count(), 256);
+    assert!(name.ends_with('…'), "a visible truncation marker");
+    assert_eq!(
+        metrics.value("anthropic_exporter_label_values_truncated", &[]),
+        Some(1.0)
+    );
+    let normal = metrics.find("anthropic_api_key_info", &[("api_key_id", "k2")]);
+    assert_eq!(normal[0].labels["api_key_name"], "normal");
+}
