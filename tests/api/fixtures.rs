@@ -1,14 +1,17 @@
 //! Helpers that mount Admin API objects and pages on the fake Admin API; the builders themselves are
 //! shared with the other test crates.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use serde_json::Value;
 use wiremock::matchers::{header, method, path, query_param, query_param_is_missing};
-use wiremock::{Mock, MockServer, Respond, ResponseTemplate};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::common::admin_api::organization;
 pub(crate) use crate::common::admin_api::{
     KEYS_PATH, KeyFixture, ME_PATH, USAGE_PATH, USERS_PATH, WORKSPACES_PATH, error_body, page,
-    usage_bucket, user, workspace,
+    usage_bucket, usage_report, user, workspace,
 };
 use crate::helpers::ADMIN_KEY;
 
@@ -102,4 +105,63 @@ pub(crate) async fn mount_usage(server: &MockServer, buckets: &[Value]) {
         ))
         .mount(server)
         .await;
+}
+
+/// Mounts pages of the cursor-paginated list at `list_path` so that page N only answers `after_id` =
+/// the last id of page N-1, each exactly once.
+pub(crate) async fn mount_list_pages(server: &MockServer, list_path: &str, pages: &[Vec<Value>]) {
+    for (index, items) in pages.iter().enumerate() {
+        let has_more = index + 1 < pages.len();
+        let mock = Mock::given(method("GET"))
+            .and(path(list_path))
+            .and(query_param("limit", "1000"));
+        let mock = match index {
+            0 => mock.and(query_param_is_missing("after_id")),
+            _ => {
+                let previous_last = pages[index - 1].last().expect("pages are not empty")["id"]
+                    .as_str()
+                    .expect("ids are strings")
+                    .to_owned();
+                mock.and(query_param("after_id", previous_last))
+            }
+        };
+        mock.respond_with(ResponseTemplate::new(200).set_body_json(page(items, has_more)))
+            .expect(1)
+            .mount(server)
+            .await;
+    }
+}
+
+/// Answers with the response of the current phase, which the test moves on; past the last response,
+/// the last one stays.
+#[derive(Clone)]
+pub(crate) struct Phases {
+    phase: Arc<AtomicUsize>,
+    responses: Vec<ResponseTemplate>,
+}
+
+impl Phases {
+    pub(crate) fn new(responses: Vec<ResponseTemplate>) -> (Self, Arc<AtomicUsize>) {
+        let phase = Arc::new(AtomicUsize::new(0));
+        let phases = Self {
+            phase: Arc::clone(&phase),
+            responses,
+        };
+        (phases, phase)
+    }
+
+    /// Another responder that follows the same phase.
+    pub(crate) fn following(phase: &Arc<AtomicUsize>, responses: Vec<ResponseTemplate>) -> Self {
+        Self {
+            phase: Arc::clone(phase),
+            responses,
+        }
+    }
+}
+
+impl Respond for Phases {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let phase = self.phase.load(Ordering::SeqCst);
+        self.responses[phase.min(self.responses.len() - 1)].clone()
+    }
 }

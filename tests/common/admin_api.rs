@@ -124,3 +124,8 @@ pub(crate) fn usage_bucket(starting_at: &str, ending_at: &str, used: &[&str]) ->
     );
     json!({"starting_at": starting_at, "ending_at": ending_at, "results": results})
 }
+
+/// A page of the usage report in its envelope; `next_page` set means `has_more`.
+pub(crate) fn usage_report(buckets: &[Value], next_page: Option<&str>) -> Value {
+    json!({"data": buckets, "has_more": next_page.is_some(), "next_page": next_page})
+}
