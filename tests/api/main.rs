@@ -14,6 +14,7 @@ mod failures;
 mod golden;
 mod health;
 mod inventory;
+mod organizations;
 mod pagination;
 mod process;
 mod retries;
