@@ -13,6 +13,7 @@ mod docs;
 mod failures;
 mod golden;
 mod health;
+mod hygiene;
 mod inventory;
 mod organizations;
 mod pagination;
