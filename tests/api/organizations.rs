@@ -624,7 +624,8 @@ async fn a_changed_config_file_adds_restarts_and_removes_organizations() {
         })
         .await;
 
-    // Act 2: a broken edit that would also remove delta.
+    // Act 2: a broken edit that would also remove delta, applied at once through the reload handle
+    // (SIGHUP's path) rather than at the next check of the file.
     scratch.write_config(&format!(
         "{}    colour: blue\n",
         config_text(&[
@@ -633,6 +634,7 @@ async fn a_changed_config_file_adds_restarts_and_removes_organizations() {
             entry("stable", "stable.key", &fake.uri()),
         ])
     ));
+    exporter.reload.reload();
     let broken = exporter
         .wait_for("the failed reload", Duration::from_secs(10), |m| {
             reload_successful(m) == Some(0.0)
@@ -646,6 +648,7 @@ async fn a_changed_config_file_adds_restarts_and_removes_organizations() {
         entry("beta", "beta.key", &moved.uri()),
         entry("stable", "stable.key", &fake.uri()),
     ]));
+    exporter.reload.reload();
     let fixed = exporter
         .wait_for("the good reload", Duration::from_secs(10), |m| {
             reload_successful(m) == Some(1.0) && !organizations_in(m).contains("delta")
@@ -864,7 +867,7 @@ fn many_organizations(scratch: &Scratch, count: usize, base_url: &str) -> (PathB
 #[tokio::test]
 async fn two_hundred_organizations_never_exceed_the_request_limit() {
     // Arrange
-    let delay = Duration::from_millis(5);
+    let delay = Duration::from_millis(2);
     let (base_url, seen) = start_counting_fake(delay).await;
     let scratch = Scratch::new("two-hundred");
     let (config, names) = many_organizations(&scratch, 200, &base_url);
