@@ -13,12 +13,12 @@ use url::Url;
 use crate::admin_api::AdminApiClient;
 use crate::config::Config;
 use crate::demo::{self, FakeAdminApi};
+use crate::http::web_config::{WebConfigError, WebConfigSource};
 use crate::http::{AppState, router};
 use crate::metrics::{ExporterMetrics, Exposition};
 use crate::poller::{Poller, PollerHealth};
 use crate::secret::{AdminKey, AdminKeySource};
 use crate::snapshot::SnapshotStore;
-use crate::web_config::{WebConfigError, WebConfigSource};
 
 /// How long in-flight HTTP requests may take to finish once shutdown has begun.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -187,7 +187,7 @@ impl App {
         }
 
         let web_config = Arc::clone(&state.web_config);
-        let mut server = tokio::spawn(crate::server::serve(
+        let mut server = tokio::spawn(crate::http::server::serve(
             listener,
             router(state),
             web_config,

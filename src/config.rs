@@ -216,7 +216,7 @@ Admin keys in the Claude Console under Settings > Admin keys, or run with --demo
     #[error("{0}")]
     AdminKey(AdminKeyError),
     #[error("{0} (--web.config.file, env ANTHROPIC_KEYS_EXPORTER_WEB_CONFIG_FILE)")]
-    WebConfig(crate::web_config::WebConfigError),
+    WebConfig(crate::http::web_config::WebConfigError),
     #[error("{0}")]
     Flags(String),
 }
@@ -334,7 +334,7 @@ impl Flags {
         let telemetry_path = parse_telemetry_path(&self.telemetry_path)?;
         if let Some(path) = &self.web_config_file {
             // NB: load it now so that a broken file stops start-up with exit code 2, like any bad flag.
-            crate::web_config::WebConfig::load(path).map_err(ConfigError::WebConfig)?;
+            crate::http::web_config::WebConfig::load(path).map_err(ConfigError::WebConfig)?;
         }
         let max_requests = self.max_requests.trim().parse::<usize>().map_err(|_| {
             invalid(

@@ -1,16 +1,18 @@
 //! The HTTP surface: metrics, health and readiness, and a landing page.
 
+pub mod auth;
+pub mod server;
+pub mod web_config;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine as _;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::CompressionLevel;
@@ -18,10 +20,10 @@ use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use self::web_config::WebConfigSource;
 use crate::metrics::Exposition;
 use crate::poller::PollerHealth;
 use crate::snapshot::SnapshotStore;
-use crate::web_config::{WebConfig, WebConfigSource};
 
 /// Paths the telemetry path may not take.
 pub const RESERVED_PATHS: [&str; 5] = ["/", "/healthz", "/readyz", "/-/healthy", "/-/ready"];
@@ -69,7 +71,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             web_config,
-            authenticate,
+            auth::authenticate,
         ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -95,65 +97,6 @@ fn limit_concurrency<S: Clone + Send + Sync + 'static>(router: Router<S>, max: u
             // `concurrency_limit` would give each copy a semaphore of its own.
             .layer(GlobalConcurrencyLimitLayer::new(max)),
     )
-}
-
-/// Health and readiness stay open to probes (they reveal nothing); everything else needs the basic
-/// auth credentials when the web config defines users.
-const UNAUTHENTICATED_PATHS: [&str; 4] = ["/healthz", "/readyz", "/-/healthy", "/-/ready"];
-
-async fn authenticate(
-    State(web_config): State<Arc<WebConfigSource>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let config = web_config.current();
-    let needs_auth =
-        config.basic_auth.is_some() && !UNAUTHENTICATED_PATHS.contains(&request.uri().path());
-    let mut response = if needs_auth && !is_authorized(&config, basic_credentials(&request)).await {
-        let mut response = (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"anthropic-keys-exporter\", charset=\"UTF-8\""),
-        );
-        response
-    } else {
-        next.run(request).await
-    };
-    for (name, value) in &config.headers {
-        response.headers_mut().insert(name.clone(), value.clone());
-    }
-    response
-}
-
-/// The user and password of a `Basic` authorization header.
-fn basic_credentials(request: &Request) -> Option<(String, String)> {
-    let encoded = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
-}
-
-async fn is_authorized(config: &Arc<WebConfig>, credentials: Option<(String, String)>) -> bool {
-    let Some((user, password)) = credentials else {
-        return false;
-    };
-    let config = Arc::clone(config);
-    // NB: bcrypt is slow on purpose; keep it off the async workers.
-    tokio::task::spawn_blocking(move || {
-        config
-            .basic_auth
-            .as_ref()
-            .is_some_and(|users| users.verify(&user, &password))
-    })
-    .await
-    .unwrap_or(false)
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -246,6 +189,7 @@ fn html_escape(text: &str) -> String {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::extract::Request;
     use tokio::sync::Notify;
     use tower::ServiceExt;
 

@@ -5,7 +5,7 @@
 //! request uses the new version, so certificates and passwords rotate without a restart. A change that
 //! does not load is logged and the previous configuration stays in force.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,13 +16,11 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+
+use super::auth::BasicAuthUsers;
 
 /// Files are checked for changes at most this often, so a burst of scrapes costs one `stat` per file.
 const CHANGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// Verified credentials are cached (as hashes) so that bcrypt, deliberately slow, runs once per
-/// password rather than once per scrape. The cache is dropped when it grows past this size.
-const MAX_CACHED_CREDENTIALS: usize = 1024;
 
 /// A web configuration file that cannot be used. The message names the file and the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -109,64 +107,6 @@ pub struct WebConfig {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// Users and their bcrypt hashes.
-#[derive(Debug)]
-pub struct BasicAuthUsers {
-    users: BTreeMap<String, String>,
-    verified: Mutex<HashSet<[u8; 32]>>,
-}
-
-impl BasicAuthUsers {
-    /// Whether `user`/`password` match. Slow (bcrypt) on the first call for a credential, then cached;
-    /// call it off the async workers.
-    pub fn verify(&self, user: &str, password: &str) -> bool {
-        let Some(hash) = self.users.get(user) else {
-            // NB: spend the same time as for a known user, so that timing does not reveal user names.
-            let _ = bcrypt::verify(password, dummy_hash());
-            return false;
-        };
-        let fingerprint: [u8; 32] = Sha256::new()
-            .chain_update(user.as_bytes())
-            .chain_update([0])
-            .chain_update(password.as_bytes())
-            .chain_update([0])
-            .chain_update(hash.as_bytes())
-            .finalize()
-            .into();
-        let mut verified = self
-            .verified
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if verified.contains(&fingerprint) {
-            return true;
-        }
-        drop(verified);
-        let matches = bcrypt::verify(password, hash).unwrap_or(false);
-        if matches {
-            verified = self
-                .verified
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if verified.len() >= MAX_CACHED_CREDENTIALS {
-                verified.clear();
-            }
-            verified.insert(fingerprint);
-        }
-        matches
-    }
-}
-
-/// A bcrypt hash of a random string, for rejecting unknown users as slowly as known ones.
-fn dummy_hash() -> &'static str {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| {
-        let random: String = std::iter::repeat_with(fastrand::alphanumeric)
-            .take(32)
-            .collect();
-        bcrypt::hash(random, bcrypt::DEFAULT_COST).unwrap_or_default()
-    })
-}
-
 impl WebConfig {
     /// Reads and validates the file at `path` and every file it names.
     pub fn load(path: &Path) -> Result<Self, WebConfigError> {
@@ -218,10 +158,7 @@ impl WebConfig {
                         )));
                     }
                 }
-                Some(BasicAuthUsers {
-                    users,
-                    verified: Mutex::new(HashSet::new()),
-                })
+                Some(BasicAuthUsers::new(users))
             }
             _ => None,
         };

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::web_config::WebConfigSource;
+use super::web_config::WebConfigSource;
 
 /// A client must send its request headers within this time (slow-loris protection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
