@@ -115,7 +115,9 @@ impl App {
             source,
         })?;
         let web_config = Arc::new(match &config.web_config_file {
-            Some(path) => WebConfigSource::load(path)?,
+            Some(path) => {
+                WebConfigSource::load(path, config.server_limits.web_config_check_interval).await?
+            }
             None => WebConfigSource::disabled(),
         });
         let state = AppState {
@@ -140,6 +142,11 @@ impl App {
     /// The address the HTTP server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The web configuration in force; [`WebConfigSource::reload_now`] reloads it at once (SIGHUP).
+    pub fn web_config(&self) -> Arc<WebConfigSource> {
+        Arc::clone(&self.state.web_config)
     }
 
     /// Cancelling this token shuts the exporter down gracefully.
@@ -187,10 +194,12 @@ impl App {
         }
 
         let web_config = Arc::clone(&state.web_config);
+        tokio::spawn(Arc::clone(&web_config).watch(shutdown.clone()));
         let mut server = tokio::spawn(crate::http::server::serve(
             listener,
             router(state),
             web_config,
+            config.server_limits.clone(),
             shutdown.clone(),
             SHUTDOWN_GRACE,
         ));

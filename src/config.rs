@@ -33,6 +33,7 @@ const ENV_LISTEN_ADDRESS: &str = "ANTHROPIC_KEYS_EXPORTER_WEB_LISTEN_ADDRESS";
 const ENV_TELEMETRY_PATH: &str = "ANTHROPIC_KEYS_EXPORTER_WEB_TELEMETRY_PATH";
 const ENV_WEB_CONFIG_FILE: &str = "ANTHROPIC_KEYS_EXPORTER_WEB_CONFIG_FILE";
 const ENV_MAX_REQUESTS: &str = "ANTHROPIC_KEYS_EXPORTER_WEB_MAX_REQUESTS";
+const ENV_MAX_CONNECTIONS: &str = "ANTHROPIC_KEYS_EXPORTER_WEB_MAX_CONNECTIONS";
 const ENV_LOG_LEVEL: &str = "ANTHROPIC_KEYS_EXPORTER_LOG_LEVEL";
 const ENV_LOG_FORMAT: &str = "ANTHROPIC_KEYS_EXPORTER_LOG_FORMAT";
 const ENV_DEMO: &str = "ANTHROPIC_KEYS_EXPORTER_DEMO";
@@ -112,6 +113,11 @@ struct Flags {
     #[arg(long = "web.max-requests", env = ENV_MAX_REQUESTS, value_name = "N", default_value = "40")]
     max_requests: String,
 
+    /// Maximum number of open HTTP connections; more are closed at once (a few reserved slots still
+    /// answer health and readiness probes).
+    #[arg(long = "web.max-connections", env = ENV_MAX_CONNECTIONS, value_name = "N", default_value = "1024")]
+    max_connections: String,
+
     /// Log level: error, warn, info, debug or trace. `RUST_LOG`, if set, takes precedence.
     #[arg(long = "log.level", env = ENV_LOG_LEVEL, value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -147,6 +153,8 @@ pub struct Config {
     pub web_config_file: Option<PathBuf>,
     /// Concurrent scrapes allowed; 0 means no limit.
     pub max_requests: usize,
+    /// Connection limit (`--web.max-connections`) and the server's timeouts.
+    pub server_limits: crate::http::server::ServerLimits,
     pub log: LogSettings,
     /// Serve the built-in simulated organization.
     pub demo: bool,
@@ -334,7 +342,7 @@ impl Flags {
         let telemetry_path = parse_telemetry_path(&self.telemetry_path)?;
         if let Some(path) = &self.web_config_file {
             // NB: load it now so that a broken file stops start-up with exit code 2, like any bad flag.
-            crate::http::web_config::WebConfig::load(path).map_err(ConfigError::WebConfig)?;
+            crate::http::web_config::WebConfig::check(path).map_err(ConfigError::WebConfig)?;
         }
         let max_requests = self.max_requests.trim().parse::<usize>().map_err(|_| {
             invalid(
@@ -344,6 +352,20 @@ impl Flags {
                 "expected a whole number, 0 for no limit",
             )
         })?;
+        let max_connections = self
+            .max_connections
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|max| *max > 0)
+            .ok_or_else(|| {
+                invalid(
+                    "--web.max-connections",
+                    ENV_MAX_CONNECTIONS,
+                    &self.max_connections,
+                    "expected a whole number of at least 1",
+                )
+            })?;
         let log = LogSettings {
             level: self.log_level.trim().parse().map_err(|_| {
                 invalid(
@@ -390,6 +412,10 @@ impl Flags {
             telemetry_path,
             web_config_file: self.web_config_file,
             max_requests,
+            server_limits: crate::http::server::ServerLimits {
+                max_connections,
+                ..Default::default()
+            },
             log,
             demo: self.demo,
             check_only: self.check_config,
@@ -579,6 +605,7 @@ mod tests {
         assert_eq!(config.poll.retry, RetryPolicy::default());
         assert_eq!(config.listen_address, "0.0.0.0:10419".parse().unwrap());
         assert_eq!(config.telemetry_path, "/metrics");
+        assert_eq!(config.server_limits.max_connections, 1024);
         assert_eq!(config.log.level, tracing::Level::INFO);
         assert_eq!(config.log.format, LogFormat::Text);
         assert!(matches!(config.admin_key, Some(AdminKeySource::Fixed(_))));
@@ -684,6 +711,11 @@ mod tests {
                 &["--web.config.file", "/nonexistent/web.yml"],
                 "--web.config.file",
                 ENV_WEB_CONFIG_FILE,
+            ),
+            (
+                &["--web.max-connections", "0"],
+                "--web.max-connections",
+                ENV_MAX_CONNECTIONS,
             ),
             (&["--log.format", "xml"], "--log.format", ENV_LOG_FORMAT),
             (&["--organization", " "], "--organization", ENV_ORGANIZATION),

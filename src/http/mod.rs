@@ -4,17 +4,20 @@ pub mod auth;
 pub mod server;
 pub mod web_config;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::State;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use tower::ServiceBuilder;
-use tower::limit::GlobalConcurrencyLimitLayer;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -27,6 +30,10 @@ use crate::snapshot::SnapshotStore;
 
 /// Paths the telemetry path may not take.
 pub const RESERVED_PATHS: [&str; 5] = ["/", "/healthz", "/readyz", "/-/healthy", "/-/ready"];
+
+/// Health and readiness: open to probes without credentials (they reveal nothing), outside the
+/// request limit, and answered on the connection slots reserved for them.
+pub const PROBE_PATHS: [&str; 4] = ["/healthz", "/readyz", "/-/healthy", "/-/ready"];
 
 /// The content type of the Prometheus text exposition format.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -48,8 +55,11 @@ pub struct AppState {
 }
 
 /// The application's routes. Pure: building it has no side effects, so tests can drive it directly.
+///
+/// Every request but the probes passes, in this order: the `--web.max-requests` limit (before
+/// authentication, so that wrong passwords cannot queue up behind it), basic auth, the handler.
 pub fn router(state: AppState) -> Router {
-    let mut metrics = Router::new()
+    let metrics = Router::new()
         .route(&state.telemetry_path, get(metrics))
         // NB: the fastest level: a large organization's scrape is megabytes, and CPU is what scrapes cost.
         .layer(
@@ -57,11 +67,10 @@ pub fn router(state: AppState) -> Router {
                 .gzip(true)
                 .quality(CompressionLevel::Fastest),
         );
-    if state.max_requests > 0 {
-        metrics = limit_concurrency(metrics, state.max_requests);
-    }
     let web_config = Arc::clone(&state.web_config);
-    Router::new()
+    let authenticator =
+        auth::Authenticator::new(Arc::clone(&web_config), auth::bcrypt_concurrency());
+    let mut router = Router::new()
         .route("/", get(landing_page))
         .route("/healthz", get(healthy))
         .route("/-/healthy", get(healthy))
@@ -70,33 +79,100 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
-            web_config,
+            authenticator,
             auth::authenticate,
-        ))
+        ));
+    if state.max_requests > 0 {
+        router = limit_requests(router, state.max_requests);
+    }
+    router
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            web_config,
+            add_configured_headers,
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Requests beyond `max` in flight are answered 503 at once: a scrape that waits in a queue would
-/// only time out on the Prometheus side anyway, and the probes stay unaffected.
-fn limit_concurrency<S: Clone + Send + Sync + 'static>(router: Router<S>, max: usize) -> Router<S> {
-    router.layer(
-        ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many concurrent scrapes; retry later\n",
-                )
-            }))
-            .load_shed()
-            // NB: a global limit: axum may build the route's service more than once, and a plain
-            // `concurrency_limit` would give each copy a semaphore of its own.
-            .layer(GlobalConcurrencyLimitLayer::new(max)),
-    )
+/// Requests beyond `max` in flight, probes aside, are answered 503 at once: a scrape that waits in a
+/// queue would only time out on the Prometheus side anyway. A request counts until its response body
+/// has been sent (or the connection dropped), so clients that do not read cannot get past the limit.
+fn limit_requests<S: Clone + Send + Sync + 'static>(router: Router<S>, max: usize) -> Router<S> {
+    router.layer(axum::middleware::from_fn_with_state(
+        Arc::new(Semaphore::new(max)),
+        hold_a_request_permit,
+    ))
+}
+
+async fn hold_a_request_permit(
+    State(permits): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if PROBE_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let Ok(permit) = permits.try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many concurrent requests; retry later\n",
+        )
+            .into_response();
+    };
+    next.run(request).await.map(|body| {
+        Body::new(PermitBody {
+            inner: body,
+            permit: Some(permit),
+        })
+    })
+}
+
+/// A response body that holds a request permit until it has been sent to the end or dropped.
+struct PermitBody {
+    inner: Body,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl HttpBody for PermitBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.permit = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `http_server_config.headers`, on every answer of the routes (401, 408 and 503 included).
+async fn add_configured_headers(
+    State(web_config): State<Arc<WebConfigSource>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let config = web_config.current();
+    let mut response = next.run(request).await;
+    for (name, value) in &config.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -188,47 +264,43 @@ fn html_escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
-    use axum::extract::Request;
-    use tokio::sync::Notify;
     use tower::ServiceExt;
 
     #[tokio::test]
-    async fn requests_beyond_the_limit_get_503_while_others_are_in_flight() {
-        // Arrange: a handler that stays in flight until released.
-        let release = Arc::new(Notify::new());
-        let entered = Arc::new(Notify::new());
-        let (release_in, entered_in) = (Arc::clone(&release), Arc::clone(&entered));
-        let router: Router = limit_concurrency(
-            Router::new().route(
-                "/slow",
-                get(move || {
-                    let (release, entered) = (Arc::clone(&release_in), Arc::clone(&entered_in));
-                    async move {
-                        entered.notify_one();
-                        release.notified().await;
-                        "done"
-                    }
-                }),
-            ),
+    async fn a_request_counts_against_the_limit_until_its_body_is_sent_or_dropped() {
+        // Arrange
+        let router: Router = limit_requests(
+            Router::new()
+                .route("/scrape", get(|| async { "done" }))
+                .route("/healthz", get(|| async { "ok" })),
             1,
         );
-        let request = || Request::builder().uri("/slow").body(Body::empty()).unwrap();
-        let first = tokio::spawn(router.clone().oneshot(request()));
-        entered.notified().await;
+        let request = |path: &str| Request::builder().uri(path).body(Body::empty()).unwrap();
 
         // Act
-        let second = router.clone().oneshot(request()).await.unwrap();
-        release.notify_one();
-        let first = first.await.unwrap().unwrap();
-        let third = tokio::spawn(router.clone().oneshot(request()));
-        entered.notified().await;
-        release.notify_one();
-        let third = third.await.unwrap().unwrap();
+        let first = router.clone().oneshot(request("/scrape")).await.unwrap();
+        let while_first_unsent = router.clone().oneshot(request("/scrape")).await.unwrap();
+        let probe = router.clone().oneshot(request("/healthz")).await.unwrap();
+        let body = axum::body::to_bytes(first.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let after_first_sent = router.clone().oneshot(request("/scrape")).await.unwrap();
+        let while_second_unsent = router.clone().oneshot(request("/scrape")).await.unwrap();
+        drop(after_first_sent);
+        let after_second_dropped = router.clone().oneshot(request("/scrape")).await.unwrap();
 
         // Assert
-        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(first.status(), StatusCode::OK);
-        assert_eq!(third.status(), StatusCode::OK, "the permit comes back");
+        assert_eq!(body, "done");
+        assert_eq!(while_first_unsent.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(probe.status(), StatusCode::OK, "probes are not counted");
+        assert_eq!(
+            while_second_unsent.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            after_second_dropped.status(),
+            StatusCode::OK,
+            "a dropped body gives the permit back"
+        );
     }
 }

@@ -1,14 +1,16 @@
 //! `--web.config.file`: TLS (optionally with client certificates) and basic auth for the HTTP server,
 //! in the file format of the Prometheus exporter-toolkit, so existing files can be reused.
 //!
-//! The file and the files it names are watched: when any of them changes, the next connection or
-//! request uses the new version, so certificates and passwords rotate without a restart. A change that
-//! does not load is logged and the previous configuration stays in force.
+//! The file and the files it names are watched by a background task: a change that has been stable
+//! for two checks is loaded and published, so certificates and passwords rotate without a restart,
+//! and requests never wait for file I/O or bcrypt. A reload fails closed: a change that does not
+//! load, or that would turn TLS on or off or remove authentication, is logged as an ERROR and the
+//! running configuration stays in force.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
 use rustls::server::WebPkiClientVerifier;
@@ -16,11 +18,11 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use super::auth::BasicAuthUsers;
-
-/// Files are checked for changes at most this often, so a burst of scrapes costs one `stat` per file.
-const CHANGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+use super::auth::{BasicAuthUsers, bcrypt_cost};
 
 /// A web configuration file that cannot be used. The message names the file and the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -96,99 +98,224 @@ struct HttpServerConfigFile {
     headers: Option<BTreeMap<String, String>>,
 }
 
+/// The response headers a web config may set, with the values allowed for each (`None`: any value).
+/// The same list as the Prometheus exporter-toolkit's, so that a file means the same to both.
+const ALLOWED_HEADERS: [(&str, Option<&[&str]>); 5] = [
+    ("Strict-Transport-Security", None),
+    ("X-Content-Type-Options", Some(&["nosniff"])),
+    ("X-Frame-Options", Some(&["deny", "sameorigin"])),
+    ("X-XSS-Protection", None),
+    ("Content-Security-Policy", None),
+];
+
+/// How much a TLS client must prove, in increasing order, so that a reload can refuse to weaken it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ClientCertificates {
+    #[default]
+    NotAsked,
+    VerifiedIfGiven,
+    Required,
+}
+
 /// A loaded, validated web configuration.
 #[derive(Debug, Default)]
 pub struct WebConfig {
     /// `None` serves plain HTTP.
     pub tls: Option<Arc<ServerConfig>>,
+    /// What the TLS server asks of client certificates.
+    pub client_certificates: ClientCertificates,
     /// `None` lets every request in.
     pub basic_auth: Option<BasicAuthUsers>,
     /// Extra response headers (`http_server_config.headers`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// A file that passed validation; building the basic auth users from it costs a bcrypt hash.
+struct Validated {
+    tls: Option<Arc<ServerConfig>>,
+    client_certificates: ClientCertificates,
+    users: Option<(BTreeMap<String, String>, u32)>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
 impl WebConfig {
-    /// Reads and validates the file at `path` and every file it names.
+    /// Reads and validates the file at `path` and every file it names, and prepares basic auth, which
+    /// costs one bcrypt hash at the configured cost. Blocking: call it off the async workers.
     pub fn load(path: &Path) -> Result<Self, WebConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| WebConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let invalid = |message: String| WebConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        };
-        let unsupported = |key: &'static str, hint: &'static str| WebConfigError::Unsupported {
-            path: path.to_owned(),
-            key,
-            hint,
-        };
-        let file: WebConfigFile = if text.trim().is_empty() {
-            WebConfigFile {
-                tls_server_config: None,
-                http_server_config: None,
-                basic_auth_users: None,
-                rate_limit: None,
+        Ok(Self::from_validated(validate(path, &read(path)?)?))
+    }
+
+    /// Reads and validates the file at `path` and every file it names, without preparing anything.
+    pub fn check(path: &Path) -> Result<(), WebConfigError> {
+        validate(path, &read(path)?).map(drop)
+    }
+
+    /// As [`WebConfig::load`] for a reload: an empty file is refused, since that is what a file being
+    /// rewritten looks like for a moment, and never what an operator means on a running server.
+    fn reload(path: &Path) -> Result<Self, WebConfigError> {
+        let text = read(path)?;
+        if text.trim().is_empty() {
+            return Err(WebConfigError::Invalid {
+                path: path.to_owned(),
+                message: "the file is empty (an empty file means plain HTTP only at start-up)"
+                    .into(),
+            });
+        }
+        Ok(Self::from_validated(validate(path, &text)?))
+    }
+
+    fn from_validated(validated: Validated) -> Self {
+        Self {
+            tls: validated.tls,
+            client_certificates: validated.client_certificates,
+            basic_auth: validated
+                .users
+                .map(|(users, cost)| BasicAuthUsers::new(users, cost)),
+            headers: validated.headers,
+        }
+    }
+
+    /// Why `self`, the configuration in force, must not be replaced by `next` on a running server, if
+    /// it must not: a reload never turns TLS on or off and never removes authentication.
+    fn refuses(&self, next: &WebConfig) -> Option<&'static str> {
+        match (self.tls.is_some(), next.tls.is_some()) {
+            (true, false) => return Some("it turns TLS off"),
+            (false, true) => return Some("it turns TLS on"),
+            _ => {}
+        }
+        if next.client_certificates < self.client_certificates {
+            return Some("it weakens client_auth_type");
+        }
+        if self.basic_auth.is_some() && next.basic_auth.is_none() {
+            return Some("it removes basic_auth_users");
+        }
+        None
+    }
+}
+
+fn read(path: &Path) -> Result<String, WebConfigError> {
+    std::fs::read_to_string(path).map_err(|source| WebConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn validate(path: &Path, text: &str) -> Result<Validated, WebConfigError> {
+    let invalid = |message: String| WebConfigError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    let unsupported = |key: &'static str, hint: &'static str| WebConfigError::Unsupported {
+        path: path.to_owned(),
+        key,
+        hint,
+    };
+    let file: WebConfigFile = if text.trim().is_empty() {
+        WebConfigFile {
+            tls_server_config: None,
+            http_server_config: None,
+            basic_auth_users: None,
+            rate_limit: None,
+        }
+    } else {
+        serde_norway::from_str(text).map_err(|error| invalid(error.to_string()))?
+    };
+    if file.rate_limit.is_some() {
+        return Err(unsupported(
+            "rate_limit",
+            "use --web.max-requests to bound concurrent scrapes",
+        ));
+    }
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let (tls, client_certificates) = match file.tls_server_config {
+        Some(tls) => {
+            let client_certificates = match tls.client_auth_type.as_deref() {
+                Some("RequireAndVerifyClientCert") => ClientCertificates::Required,
+                Some("VerifyClientCertIfGiven") => ClientCertificates::VerifiedIfGiven,
+                _ => ClientCertificates::NotAsked,
+            };
+            let built = build_tls(tls, base, &invalid, &unsupported)?;
+            (Some(Arc::new(built)), client_certificates)
+        }
+        None => (None, ClientCertificates::NotAsked),
+    };
+    let users = match file.basic_auth_users {
+        Some(users) if !users.is_empty() => {
+            let mut max_cost = 0;
+            for (user, hash) in &users {
+                if user.contains(':') {
+                    return Err(invalid(format!(
+                        "basic_auth_users: user name {user:?} contains ':'"
+                    )));
+                }
+                let cost = bcrypt_cost(hash).map_err(|reason| {
+                    invalid(format!(
+                        "basic_auth_users: the password of {user:?} {reason} (generate one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)"
+                    ))
+                })?;
+                max_cost = max_cost.max(cost);
             }
-        } else {
-            serde_norway::from_str(&text).map_err(|error| invalid(error.to_string()))?
-        };
-        if file.rate_limit.is_some() {
+            Some((users, max_cost))
+        }
+        _ => None,
+    };
+    let mut headers = Vec::new();
+    if let Some(http) = file.http_server_config {
+        if http.http2 == Some(true) {
             return Err(unsupported(
-                "rate_limit",
-                "use --web.max-requests to bound concurrent scrapes",
+                "http_server_config.http2",
+                "this exporter serves HTTP/1.1; remove the key or set it to false",
             ));
         }
-        let base = path.parent().unwrap_or_else(|| Path::new("."));
-        let tls = match file.tls_server_config {
-            Some(tls) => Some(Arc::new(build_tls(tls, base, &invalid, &unsupported)?)),
-            None => None,
-        };
-        let basic_auth = match file.basic_auth_users {
-            Some(users) if !users.is_empty() => {
-                for (user, hash) in &users {
-                    if user.contains(':') {
-                        return Err(invalid(format!(
-                            "basic_auth_users: user name {user:?} contains ':'"
-                        )));
-                    }
-                    if bcrypt::verify("", hash).is_err() {
-                        return Err(invalid(format!(
-                            "basic_auth_users: the password of {user:?} is not a bcrypt hash (generate one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)"
-                        )));
-                    }
-                }
-                Some(BasicAuthUsers::new(users))
-            }
-            _ => None,
-        };
-        let mut headers = Vec::new();
-        if let Some(http) = file.http_server_config {
-            if http.http2 == Some(true) {
-                return Err(unsupported(
-                    "http_server_config.http2",
-                    "this exporter serves HTTP/1.1; remove the key or set it to false",
-                ));
-            }
-            for (name, value) in http.headers.unwrap_or_default() {
-                let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    invalid(format!(
-                        "http_server_config.headers: invalid header name {name:?}"
-                    ))
-                })?;
-                let header_value = HeaderValue::from_str(&value).map_err(|_| {
-                    invalid(format!(
-                        "http_server_config.headers: invalid value for {name:?}"
-                    ))
-                })?;
-                headers.push((header_name, header_value));
-            }
+        for (name, value) in http.headers.unwrap_or_default() {
+            check_header(&name, &value).map_err(invalid)?;
+            let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                invalid(format!(
+                    "http_server_config.headers: invalid header name {name:?}"
+                ))
+            })?;
+            let header_value = HeaderValue::from_str(&value).map_err(|_| {
+                invalid(format!(
+                    "http_server_config.headers: invalid value for {name}"
+                ))
+            })?;
+            headers.push((header_name, header_value));
         }
-        Ok(Self {
-            tls,
-            basic_auth,
-            headers,
-        })
+    }
+    Ok(Validated {
+        tls,
+        client_certificates,
+        users,
+        headers,
+    })
+}
+
+/// Refuses a header the exporter-toolkit does not let a web config set, or a value it does not allow.
+fn check_header(name: &str, value: &str) -> Result<(), String> {
+    let allowed_names = || {
+        ALLOWED_HEADERS
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some((_, values)) = ALLOWED_HEADERS.iter().find(|(allowed, _)| *allowed == name) else {
+        let spelling = ALLOWED_HEADERS
+            .iter()
+            .find(|(allowed, _)| allowed.eq_ignore_ascii_case(name))
+            .map(|(allowed, _)| format!(" (write it as {allowed})"))
+            .unwrap_or_default();
+        return Err(format!(
+            "http_server_config.headers: {name} cannot be configured{spelling}; only {} can",
+            allowed_names()
+        ));
+    };
+    match values {
+        Some(values) if !values.contains(&value) => Err(format!(
+            "http_server_config.headers: {name} must be one of {}, not {value:?}",
+            values.join(", ")
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -404,18 +531,18 @@ fn tls_versions(
     )
 }
 
-/// The web configuration in force, reloaded when its files change.
+/// The web configuration in force. Loaded once at start-up; a background task ([`WebConfigSource::watch`])
+/// reloads it when its files change and publishes the result, so that a request only clones an `Arc`.
 #[derive(Debug)]
 pub struct WebConfigSource {
     path: Option<PathBuf>,
     current: RwLock<Arc<WebConfig>>,
-    watched: Mutex<Watched>,
-}
-
-#[derive(Debug)]
-struct Watched {
-    fingerprint: Vec<Option<(SystemTime, u64)>>,
-    checked_at: Instant,
+    /// Whether the listener speaks TLS: fixed at start-up, a reload may only change certificates.
+    tls: bool,
+    check_interval: Duration,
+    reload_now: Notify,
+    /// The fingerprint of the files as loaded at start-up, where the watcher starts from.
+    initial: Fingerprint,
 }
 
 impl WebConfigSource {
@@ -424,31 +551,39 @@ impl WebConfigSource {
         Self {
             path: None,
             current: RwLock::new(Arc::new(WebConfig::default())),
-            watched: Mutex::new(Watched {
-                fingerprint: Vec::new(),
-                checked_at: Instant::now(),
-            }),
+            tls: false,
+            check_interval: Duration::from_secs(1),
+            reload_now: Notify::new(),
+            initial: Fingerprint::default(),
         }
     }
 
-    /// Loads `path`; an error here stops start-up.
-    pub fn load(path: &Path) -> Result<Self, WebConfigError> {
-        let config = WebConfig::load(path)?;
+    /// Loads `path` (off the async workers); an error here stops start-up. The files are checked for
+    /// changes every `check_interval` once [`WebConfigSource::watch`] runs.
+    pub async fn load(path: &Path, check_interval: Duration) -> Result<Self, WebConfigError> {
+        let owned = path.to_owned();
+        let (initial, config) = tokio::task::spawn_blocking(move || {
+            // NB: the fingerprint first: a change while loading is then seen as one afterwards.
+            let initial = fingerprint(&owned);
+            WebConfig::load(&owned).map(|config| (initial, config))
+        })
+        .await
+        .map_err(|error| WebConfigError::Invalid {
+            path: path.to_owned(),
+            message: format!("loading panicked: {error}"),
+        })??;
         Ok(Self {
             path: Some(path.to_owned()),
-            watched: Mutex::new(Watched {
-                fingerprint: fingerprint(path),
-                checked_at: Instant::now(),
-            }),
+            tls: config.tls.is_some(),
             current: RwLock::new(Arc::new(config)),
+            check_interval,
+            reload_now: Notify::new(),
+            initial,
         })
     }
 
-    /// The configuration to use for the next connection or request.
+    /// The configuration in force. Cheap: no file I/O, no hashing.
     pub fn current(&self) -> Arc<WebConfig> {
-        if let Some(path) = &self.path {
-            self.reload_if_changed(path);
-        }
         Arc::clone(
             &self
                 .current
@@ -457,63 +592,151 @@ impl WebConfigSource {
         )
     }
 
-    fn reload_if_changed(&self, path: &Path) {
-        let mut watched = self
-            .watched
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if watched.checked_at.elapsed() < CHANGE_CHECK_INTERVAL {
+    /// Whether the listener speaks TLS; decided at start-up and never changed by a reload.
+    pub fn serves_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Asks the running [`WebConfigSource::watch`] task to reload the file now, without waiting for
+    /// it to be stable (for SIGHUP: the operator says the file is ready). The reload rules still
+    /// apply: a file that does not load, or that would turn TLS on or off or remove authentication,
+    /// is refused with an ERROR and the running configuration stays.
+    pub fn reload_now(&self) {
+        self.reload_now.notify_one();
+    }
+
+    /// Checks the files every `check_interval` until `shutdown`, and applies a change once the files
+    /// have been the same at two checks in a row, so that a file caught half-written is never loaded.
+    /// Returns at once when there is no web config file.
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(path) = self.path.clone() else {
             return;
-        }
-        watched.checked_at = Instant::now();
-        let now = fingerprint(path);
-        if now == watched.fingerprint {
-            return;
-        }
-        watched.fingerprint = now;
-        match WebConfig::load(path) {
-            Ok(config) => {
-                *self
-                    .current
-                    .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(config);
-                tracing::info!(path = %path.display(), "Reloaded the web config file.");
+        };
+        let mut changes = ChangeDetector::new(self.initial);
+        loop {
+            let forced = tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.check_interval) => false,
+                () = self.reload_now.notified() => true,
+            };
+            let owned = path.clone();
+            let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&owned)).await else {
+                continue;
+            };
+            if !changes.should_load(now, forced) {
+                continue;
             }
-            Err(error) => tracing::error!(
-                error = %error,
-                "The changed web config does not load; the previous one stays in force."
-            ),
+            changes.settle(now);
+            let owned = path.clone();
+            match tokio::task::spawn_blocking(move || WebConfig::reload(&owned)).await {
+                Ok(Ok(next)) => self.apply(&path, next),
+                Ok(Err(error)) => tracing::error!(
+                    error = %error,
+                    "The changed web config does not load; the running one stays in force."
+                ),
+                Err(error) => tracing::error!(
+                    error = %error,
+                    "Loading the changed web config panicked; the running one stays in force."
+                ),
+            }
         }
+    }
+
+    fn apply(&self, path: &Path, next: WebConfig) {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(reason) = current.refuses(&next) {
+            tracing::error!(
+                path = %path.display(),
+                reason,
+                "The changed web config is refused: a reload never turns TLS on or off nor weakens authentication; the running one stays in force. Restart the exporter to apply it."
+            );
+            return;
+        }
+        *current = Arc::new(next);
+        drop(current);
+        tracing::info!(path = %path.display(), "Reloaded the web config file.");
     }
 }
 
-/// Modification time and size of the config file and of every file it names, to notice changes
+/// When to load the files again: a change is applied once it has been seen at two checks in a row,
+/// or at once when asked; a version that was loaded (or refused) already is not tried again.
+#[derive(Debug)]
+struct ChangeDetector {
+    settled: Fingerprint,
+    seen: Option<Fingerprint>,
+}
+
+impl ChangeDetector {
+    fn new(settled: Fingerprint) -> Self {
+        Self {
+            settled,
+            seen: None,
+        }
+    }
+
+    fn should_load(&mut self, now: Fingerprint, forced: bool) -> bool {
+        if forced {
+            return true;
+        }
+        if now == self.settled {
+            self.seen = None;
+            return false;
+        }
+        if self.seen == Some(now) {
+            return true;
+        }
+        self.seen = Some(now);
+        false
+    }
+
+    fn settle(&mut self, now: Fingerprint) {
+        self.settled = now;
+        self.seen = None;
+    }
+}
+
+/// A digest of the contents of the config file and of every file it names, to notice changes
 /// (including a Kubernetes Secret's symlink swap, which changes what the path resolves to).
-fn fingerprint(path: &Path) -> Vec<Option<(SystemTime, u64)>> {
-    let stat = |file: &Path| {
-        std::fs::metadata(file)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())))
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Fingerprint([u8; 32]);
+
+fn fingerprint(path: &Path) -> Fingerprint {
+    let mut digest = Sha256::new();
+    let mut add = |file: &Path| {
+        digest.update(file.as_os_str().as_encoded_bytes());
+        match std::fs::read(file) {
+            Ok(contents) => {
+                digest.update([1]);
+                digest.update(Sha256::digest(&contents));
+            }
+            Err(error) => {
+                digest.update([0]);
+                digest.update(error.kind().to_string());
+            }
+        }
     };
-    let mut files = vec![path.to_owned()];
+    add(path);
     let named = std::fs::read_to_string(path)
         .ok()
         .and_then(|text| serde_norway::from_str::<WebConfigFile>(&text).ok())
         .and_then(|file| file.tls_server_config);
     if let Some(tls) = named {
         let base = path.parent().unwrap_or_else(|| Path::new("."));
-        let named_files = [tls.cert_file, tls.key_file, tls.client_ca_file]
+        for file in [tls.cert_file, tls.key_file, tls.client_ca_file]
             .into_iter()
-            .flatten();
-        files.extend(named_files.map(|file| {
-            if file.is_absolute() {
+            .flatten()
+        {
+            add(&if file.is_absolute() {
                 file
             } else {
                 base.join(file)
-            }
-        }));
+            });
+        }
     }
-    files.iter().map(|file| stat(file)).collect()
+    Fingerprint(digest.finalize().into())
 }
 
 #[cfg(test)]
@@ -558,15 +781,19 @@ mod tests {
     }
 
     #[test]
-    fn passwords_must_be_bcrypt_hashes_and_are_verified() {
+    fn passwords_must_be_bcrypt_hashes_of_a_sane_cost_and_are_verified() {
         let dir = temp_dir("bcrypt");
-        let path = write(&dir, "web.yml", "basic_auth_users:\n  alice: plaintext\n");
-        assert!(
-            WebConfig::load(&path)
-                .unwrap_err()
-                .to_string()
-                .contains("bcrypt")
-        );
+        let cost_17 = format!("$2b$17${}", &bcrypt::hash("x", 4).unwrap()[7..]);
+        for (hash, needle) in [("plaintext", "bcrypt"), (cost_17.as_str(), "cost 17")] {
+            let path = write(
+                &dir,
+                "web.yml",
+                &format!("basic_auth_users:\n  alice: '{hash}'\n"),
+            );
+            let message = WebConfig::check(&path).unwrap_err().to_string();
+            assert!(message.contains(needle), "{message}");
+            assert!(message.contains("alice"), "{message}");
+        }
 
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let path = write(
@@ -577,9 +804,124 @@ mod tests {
         let config = WebConfig::load(&path).unwrap();
         let users = config.basic_auth.unwrap();
         assert!(users.verify("alice", "s3cret"));
-        assert!(users.verify("alice", "s3cret"), "the cached path agrees");
         assert!(!users.verify("alice", "wrong"));
         assert!(!users.verify("bob", "s3cret"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_the_exporter_toolkit_headers_and_values_are_allowed() {
+        for (name, value) in [
+            (
+                "Strict-Transport-Security",
+                "max-age=31536000; includeSubDomains",
+            ),
+            ("X-Content-Type-Options", "nosniff"),
+            ("X-Frame-Options", "deny"),
+            ("X-Frame-Options", "sameorigin"),
+            ("X-XSS-Protection", "1"),
+            ("Content-Security-Policy", "default-src 'self'"),
+        ] {
+            assert_eq!(check_header(name, value), Ok(()), "{name}: {value}");
+        }
+        for (name, value, needle) in [
+            ("Content-Length", "5", "Content-Length cannot be configured"),
+            ("Set-Cookie", "a=b", "Set-Cookie cannot be configured"),
+            ("x-frame-options", "deny", "write it as X-Frame-Options"),
+            (
+                "X-Frame-Options",
+                "allow-from x",
+                "must be one of deny, sameorigin",
+            ),
+            ("X-Content-Type-Options", "sniff", "must be one of nosniff"),
+        ] {
+            let message = check_header(name, value).unwrap_err();
+            assert!(message.contains(needle), "{name}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_change_is_loaded_once_seen_at_two_checks_in_a_row() {
+        let (a, b, c) = (
+            Fingerprint([1; 32]),
+            Fingerprint([2; 32]),
+            Fingerprint([3; 32]),
+        );
+        let mut changes = ChangeDetector::new(a);
+        assert!(!changes.should_load(a, false), "unchanged");
+        assert!(!changes.should_load(b, false), "seen once");
+        assert!(!changes.should_load(c, false), "changed again: seen once");
+        assert!(changes.should_load(c, false), "stable for two checks");
+        changes.settle(c);
+        assert!(
+            !changes.should_load(c, false),
+            "loaded (or refused) already"
+        );
+        assert!(!changes.should_load(b, false));
+        assert!(!changes.should_load(c, false), "back to what is settled");
+        assert!(
+            !changes.should_load(b, false),
+            "the earlier sighting was forgotten"
+        );
+        assert!(changes.should_load(c, true), "asked for: at once");
+    }
+
+    #[test]
+    fn a_reload_refuses_an_empty_file_and_any_loss_of_tls_or_authentication() {
+        let dir = temp_dir("refuses");
+        let path = write(&dir, "web.yml", "");
+        assert!(
+            WebConfig::load(&path).is_ok(),
+            "empty at start-up: plain HTTP"
+        );
+        let message = WebConfig::reload(&path).unwrap_err().to_string();
+        assert!(message.contains("empty"), "{message}");
+
+        let hash = bcrypt::hash("x", 4).unwrap();
+        let users = || BasicAuthUsers::new(BTreeMap::from([("a".to_owned(), hash.clone())]), 4);
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let server_config = Arc::new(
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![certified.cert.der().clone()],
+                    PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap(),
+                )
+                .unwrap(),
+        );
+        let config = |tls: bool, client: ClientCertificates, auth: bool| WebConfig {
+            tls: tls.then(|| Arc::clone(&server_config)),
+            client_certificates: client,
+            basic_auth: auth.then(users),
+            headers: Vec::new(),
+        };
+        use ClientCertificates::*;
+        let running = config(true, Required, true);
+        assert_eq!(running.refuses(&config(true, Required, true)), None);
+        assert_eq!(
+            running.refuses(&config(false, NotAsked, true)),
+            Some("it turns TLS off")
+        );
+        assert_eq!(
+            running.refuses(&config(true, VerifiedIfGiven, true)),
+            Some("it weakens client_auth_type")
+        );
+        assert_eq!(
+            running.refuses(&config(true, Required, false)),
+            Some("it removes basic_auth_users")
+        );
+        let plain = config(false, NotAsked, false);
+        assert_eq!(
+            plain.refuses(&config(true, NotAsked, false)),
+            Some("it turns TLS on")
+        );
+        assert_eq!(
+            plain.refuses(&config(false, NotAsked, true)),
+            None,
+            "adding auth is fine"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

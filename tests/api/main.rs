@@ -19,3 +19,4 @@ mod process;
 mod retries;
 mod rotation;
 mod web;
+mod web_attacks;
