@@ -82,6 +82,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
+    warn_if_above_the_open_file_limit(limits.max_connections);
     let graceful = GracefulShutdown::new();
     let probe_timeout = limits.header_read_timeout.min(PROBE_SLOT_TIMEOUT);
     let full = http_builder(limits.header_read_timeout, true);
@@ -204,6 +205,40 @@ pub async fn serve(
     }
 }
 
+/// File descriptors the process needs besides its connections: the listener, logs, the Admin API
+/// client's connections, the runtime's own.
+const OTHER_FILES: usize = 64;
+
+/// With an open-file limit below the connection limit, connections are refused by the kernel before
+/// the connection limit closes any, and probes starve again: say so at start-up.
+fn warn_if_above_the_open_file_limit(max_connections: usize) {
+    let Some(limit) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| soft_open_file_limit(&limits))
+    else {
+        return;
+    };
+    let needed = max_connections + PROBE_SLOTS + OTHER_FILES;
+    if needed as u64 > limit {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = limit,
+            "--web.max-connections is too close to the open-file limit: connections would fail before the limit closes any, and health probes could starve; lower --web.max-connections or raise the limit (ulimit -n)."
+        );
+    }
+}
+
+/// The soft limit from the `Max open files` line of `/proc/self/limits`.
+fn soft_open_file_limit(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn http_builder(header_read_timeout: Duration, keep_alive: bool) -> http1::Builder {
     let mut http = http1::Builder::new();
     // NB: hyper restarts the header read timeout when a keep-alive connection goes idle, so it is
@@ -264,6 +299,19 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_soft_open_file_limit_is_read_from_proc() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+Max processes             127431               127431               processes\n\
+Max open files            1024                 524288               files\n";
+        assert_eq!(soft_open_file_limit(limits), Some(1024));
+        assert_eq!(
+            soft_open_file_limit("Max open files  unlimited  unlimited  files\n"),
+            None,
+            "no limit, nothing to warn about"
+        );
+    }
 
     #[test]
     fn a_repeated_warning_is_let_through_once_per_interval_with_a_count() {
