@@ -17,12 +17,12 @@ use crate::admin_api::{ClientSettings, HttpClient, ProxySetting};
 use crate::config::{Config, ConfigError, OrganizationConfig};
 use crate::demo::{self, FakeAdminApi};
 use crate::fleet::Fleet;
+use crate::http::web_config::{WebConfigError, WebConfigSource};
 use crate::http::{AppState, router};
 use crate::metrics::{ExporterMetrics, Exposition, SnapshotStore};
 use crate::poller::{PollerHealth, Publishing};
 use crate::secret::{AdminKey, AdminKeySource};
 use crate::snapshot::BuildOptions;
-use crate::web_config::{WebConfigError, WebConfigSource};
 
 /// How long in-flight HTTP requests may take to finish once shutdown has begun.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -127,7 +127,9 @@ impl App {
             source,
         })?;
         let web_config = Arc::new(match &config.web_config_file {
-            Some(path) => WebConfigSource::load(path)?,
+            Some(path) => {
+                WebConfigSource::load(path, config.server_limits.web_config_check_interval).await?
+            }
             None => WebConfigSource::disabled(),
         });
         let state = AppState {
@@ -154,6 +156,11 @@ impl App {
     /// The address the HTTP server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The web configuration in force; [`WebConfigSource::reload_now`] reloads it at once (SIGHUP).
+    pub fn web_config(&self) -> Arc<WebConfigSource> {
+        Arc::clone(&self.state.web_config)
     }
 
     /// Cancelling this token shuts the exporter down gracefully.
@@ -214,10 +221,12 @@ impl App {
         }
 
         let web_config = Arc::clone(&state.web_config);
-        let mut server = tokio::spawn(crate::server::serve(
+        tokio::spawn(Arc::clone(&web_config).watch(shutdown.clone()));
+        let mut server = tokio::spawn(crate::http::server::serve(
             listener,
             router(state),
-            web_config,
+            Arc::clone(&web_config),
+            config.server_limits.clone(),
             shutdown.clone(),
             SHUTDOWN_GRACE,
         ));
@@ -235,6 +244,8 @@ impl App {
                     return served.map_err(RunError::ServerTask);
                 }
                 () = reload.0.notified() => {
+                    // NB: the web config's own rules apply: a reload never removes TLS or auth.
+                    web_config.reload_now();
                     reload_organizations(&config, &mut fleet, &metrics, "signal").await;
                     watched = config.config_file.as_deref().map(file_fingerprint);
                 }

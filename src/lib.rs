@@ -13,12 +13,10 @@ pub mod http;
 pub mod metrics;
 pub mod poller;
 pub mod secret;
-pub mod server;
 pub mod sharding;
 pub mod snapshot;
 pub mod sources;
 pub mod telemetry;
-pub mod web_config;
 
 /// The version of this build, as `anthropic_exporter_build_info` and the `User-Agent` report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -246,6 +246,16 @@ struct Flags {
     )]
     max_requests: String,
 
+    /// Maximum number of open HTTP connections; more are closed at once (a few reserved slots still
+    /// answer health and readiness probes).
+    #[arg(
+        long = "web.max-connections",
+        env = "ANTHROPIC_KEYS_EXPORTER_WEB_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value = "1024"
+    )]
+    max_connections: String,
+
     /// Log level: error, warn, info, debug or trace. `RUST_LOG`, if set, takes precedence.
     #[arg(
         long = "log.level",
@@ -301,6 +311,8 @@ pub struct Config {
     pub web_config_file: Option<PathBuf>,
     /// Concurrent scrapes allowed; 0 means no limit.
     pub max_requests: usize,
+    /// Connection limit (`--web.max-connections`) and the server's timeouts.
+    pub server_limits: crate::http::server::ServerLimits,
     pub log: LogSettings,
     /// Serve the built-in simulated organization.
     pub demo: bool,
@@ -380,7 +392,7 @@ or run with --demo to try the exporter without one"
     #[error("{0}")]
     AdminKey(AdminKeyError),
     #[error("{0} (--web.config.file, env ANTHROPIC_KEYS_EXPORTER_WEB_CONFIG_FILE)")]
-    WebConfig(crate::web_config::WebConfigError),
+    WebConfig(crate::http::web_config::WebConfigError),
     #[error("{0}")]
     File(#[from] file::ConfigFileError),
     #[error("{0}")]
@@ -553,7 +565,7 @@ impl Flags {
         let telemetry_path = parse_telemetry_path(&self.telemetry_path)?;
         if let Some(path) = &self.web_config_file {
             // NB: load it now so that a broken file stops start-up with exit code 2, like any bad flag.
-            crate::web_config::WebConfig::load(path).map_err(ConfigError::WebConfig)?;
+            crate::http::web_config::WebConfig::check(path).map_err(ConfigError::WebConfig)?;
         }
         let max_requests = self.max_requests.trim().parse::<usize>().map_err(|_| {
             invalid(
@@ -562,6 +574,7 @@ impl Flags {
                 "expected a whole number, 0 for no limit",
             )
         })?;
+        let max_connections = parse_number("max_connections", &self.max_connections, 1, u32::MAX)?;
         let log = LogSettings {
             level: self.log_level.trim().parse().map_err(|_| {
                 invalid(
@@ -628,6 +641,10 @@ impl Flags {
             telemetry_path,
             web_config_file: self.web_config_file,
             max_requests,
+            server_limits: crate::http::server::ServerLimits {
+                max_connections: max_connections as usize,
+                ..Default::default()
+            },
             log,
             demo: self.demo,
             check_only: self.check_config,
@@ -856,6 +873,7 @@ mod tests {
         assert_eq!(config.poll.retry, RetryPolicy::default());
         assert_eq!(config.listen_address, "0.0.0.0:10419".parse().unwrap());
         assert_eq!(config.telemetry_path, "/metrics");
+        assert_eq!(config.server_limits.max_connections, 1024);
         assert_eq!(config.log.level, tracing::Level::INFO);
         assert_eq!(config.log.format, LogFormat::Text);
         assert!(matches!(config.admin_key, Some(AdminKeySource::Fixed(_))));

@@ -105,8 +105,8 @@ pub struct RenderedOrganization {
     /// Per family of [`FAMILIES`]; empty when the organization has no series of it. Reference-counted:
     /// every scrape sends the same bytes.
     pub(crate) families: Vec<Bytes>,
-    /// The same, each compressed once as a gzip member.
-    pub(crate) gzipped: Vec<Bytes>,
+    /// The same, each compressed once.
+    pub(crate) gzipped: Vec<gzip::Deflated>,
     /// The `expires_in` lines of the current second, plain and compressed: every scrape within one
     /// second shares them.
     expires_in_cache: Mutex<Option<ExpiresIn>>,
@@ -247,7 +247,7 @@ impl RenderedOrganization {
         let families: Vec<Bytes> = families.into_iter().map(Bytes::from).collect();
         let gzipped = families
             .iter()
-            .map(|text| gzip::member(text, gzip::AT_PUBLISH))
+            .map(|text| gzip::Deflated::new(text, gzip::AT_PUBLISH))
             .collect();
         Self {
             families,
@@ -285,7 +285,7 @@ impl RenderedOrganization {
         }
         let fresh = ExpiresIn {
             second,
-            gzipped: gzip::member(text.as_bytes(), gzip::PER_SCRAPE),
+            gzipped: Arc::new(gzip::Deflated::new(text.as_bytes(), gzip::PER_SCRAPE)),
             plain: Bytes::from(text),
         };
         *cache = Some(fresh.clone());
@@ -297,7 +297,7 @@ impl RenderedOrganization {
 struct ExpiresIn {
     second: i64,
     plain: Bytes,
-    gzipped: Bytes,
+    gzipped: Arc<gzip::Deflated>,
 }
 
 /// Whether the body is sent as text or as a stream of gzip members.
@@ -308,56 +308,39 @@ pub enum Encoding {
 }
 
 /// The family headers, plain and as gzip members, built once for the whole process.
-fn headers() -> &'static [(Bytes, Bytes)] {
-    static HEADERS: std::sync::OnceLock<Vec<(Bytes, Bytes)>> = std::sync::OnceLock::new();
+fn headers() -> &'static [(Bytes, gzip::Deflated)] {
+    static HEADERS: std::sync::OnceLock<Vec<(Bytes, gzip::Deflated)>> = std::sync::OnceLock::new();
     HEADERS.get_or_init(|| {
         FAMILIES
             .iter()
             .map(|family| {
                 let mut header = String::new();
                 write_gauge_header(&mut header, family.name, family.help);
-                let gzipped = gzip::member(header.as_bytes(), gzip::AT_PUBLISH);
+                let gzipped = gzip::Deflated::new(header.as_bytes(), gzip::AT_PUBLISH);
                 (Bytes::from(header), gzipped)
             })
             .collect()
     })
 }
 
-/// Appends every API-key family of `organizations`, in the Prometheus text format (or as gzip members
-/// of it), to `chunks`: one header per family, then each organization's lines. Text that only changes
-/// with a publish is shared with every other scrape rather than copied, and compressed only once.
-pub(crate) fn encode(
-    organizations: &[Arc<RenderedOrganization>],
-    now: f64,
-    encoding: Encoding,
-    chunks: &mut Vec<Bytes>,
-) {
-    for (index, (plain_header, gzipped_header)) in headers().iter().enumerate() {
+/// Appends every API-key family of `organizations`, in the Prometheus text format, to `body` (plain or
+/// compressed): one header per family, then each organization's lines. Text that only changes with a
+/// publish is shared with every other scrape rather than copied, and compressed only once.
+pub(crate) fn encode(organizations: &[Arc<RenderedOrganization>], now: f64, body: &mut gzip::Body) {
+    for (index, (plain_header, deflated_header)) in headers().iter().enumerate() {
         if !organizations
             .iter()
             .any(|rendered| rendered.has_series(index))
         {
             continue;
         }
-        chunks.push(match encoding {
-            Encoding::Identity => plain_header.clone(),
-            Encoding::Gzip => gzipped_header.clone(),
-        });
+        body.push(plain_header, deflated_header);
         for rendered in organizations {
-            let chunk = if index == EXPIRES_IN_INDEX {
+            if index == EXPIRES_IN_INDEX {
                 let expires_in = rendered.expires_in(now);
-                match encoding {
-                    Encoding::Identity => expires_in.plain,
-                    Encoding::Gzip => expires_in.gzipped,
-                }
+                body.push(&expires_in.plain, &expires_in.gzipped);
             } else {
-                match encoding {
-                    Encoding::Identity => rendered.families[index].clone(),
-                    Encoding::Gzip => rendered.gzipped[index].clone(),
-                }
-            };
-            if !chunk.is_empty() {
-                chunks.push(chunk);
+                body.push(&rendered.families[index], &rendered.gzipped[index]);
             }
         }
     }

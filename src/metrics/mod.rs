@@ -45,23 +45,23 @@ impl Exposition {
         self.render_encoded(Encoding::Identity)
     }
 
-    /// The same body as [`Exposition::render_chunks`], as a stream of gzip members (one
-    /// `Content-Encoding: gzip` body): the snapshot parts were compressed when they were published, only
-    /// the exporter's own metrics and the `expires_in` values are compressed here.
+    /// The same body as [`Exposition::render_chunks`], or that body gzip-compressed as one member: the
+    /// snapshot parts were compressed when they were published, only the exporter's own metrics and
+    /// the `expires_in` values are compressed here.
     pub fn render_encoded(&self, encoding: Encoding) -> Result<Vec<Bytes>, prometheus::Error> {
         let mut own = String::with_capacity(16 * 1024);
         TextEncoder::new().encode_utf8(&self.registry.gather(), &mut own)?;
-        let own = match encoding {
-            Encoding::Identity => Bytes::from(own),
-            Encoding::Gzip => gzip::member(own.as_bytes(), gzip::PER_SCRAPE),
+        let mut body = match encoding {
+            Encoding::Identity => gzip::Body::plain(),
+            Encoding::Gzip => gzip::Body::gzip(),
         };
-        let mut chunks = vec![own];
+        body.push_text(Bytes::from(own));
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|since_epoch| since_epoch.as_secs_f64())
             .unwrap_or_default();
-        api_keys::encode(&self.store.all(), now, encoding, &mut chunks);
-        Ok(chunks)
+        api_keys::encode(&self.store.all(), now, &mut body);
+        Ok(body.finish())
     }
 
     /// Renders every metric in the Prometheus text format, as one buffer.
@@ -114,7 +114,7 @@ mod tests {
             let plain: Vec<u8> = exposition.render().unwrap();
             let gzipped: Vec<u8> = exposition.render_encoded(Encoding::Gzip).unwrap().concat();
             let mut text = Vec::new();
-            flate2::read::MultiGzDecoder::new(&gzipped[..])
+            flate2::read::GzDecoder::new(&gzipped[..])
                 .read_to_end(&mut text)
                 .unwrap();
             let strip = |body: &[u8]| -> String {

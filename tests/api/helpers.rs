@@ -114,6 +114,19 @@ impl TestApp {
     }
 }
 
+/// Repeats `attempt` every 50 ms until it returns true, for at most `limit`.
+pub(crate) async fn eventually<F, Fut>(limit: Duration, what: &str, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !attempt().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Parses `text` with `prometheus_client.parser` from the official Python client, an independent
 /// implementation of the text format. Fails loudly when it is missing rather than skipping.
 pub(crate) fn parse_with_official_python_parser(text: &str) -> Vec<Sample> {

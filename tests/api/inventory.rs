@@ -503,6 +503,7 @@ async fn metrics_are_gzipped_when_the_scraper_asks() {
             .starts_with("text/plain; version=0.0.4")
     );
     let compressed = response.bytes().await.unwrap();
+    // NB: the body is assembled from parts compressed at different times; every reader must see all.
     let mut text = String::new();
     std::io::Read::read_to_string(
         &mut flate2::read::GzDecoder::new(&compressed[..]),
@@ -510,8 +511,52 @@ async fn metrics_are_gzipped_when_the_scraper_asks() {
     )
     .unwrap();
     assert!(text.contains("anthropic_api_key_info{"), "{text}");
+    let python = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import gzip,sys; sys.stdout.buffer.write(gzip.decompress(sys.stdin.buffer.read()))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    std::io::Write::write_all(&mut python.stdin.as_ref().unwrap(), &compressed).unwrap();
+    let by_python = python.wait_with_output().unwrap();
+    assert!(by_python.status.success());
+    // NB: off the test's runtime, which also serves the exporter that curl asks.
+    let url = app.url("/metrics");
+    let curl = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["--silent", "--compressed", &url])
+            .output()
+            .expect("curl runs")
+    })
+    .await
+    .unwrap();
     let plain = app.get("/metrics").await;
     assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.text().await.unwrap();
+
+    // Everything but the exporter's own, ever-changing process metrics is the same body.
+    let stable = |body: &str| -> String {
+        body.lines()
+            .filter(|line| !line.starts_with("process_") && !line.contains(" process_"))
+            .filter(|line| !line.starts_with("anthropic_exporter_api_requests_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(stable(&text), stable(&plain), "flate2 reads every member");
+    assert_eq!(
+        stable(&String::from_utf8_lossy(&by_python.stdout)),
+        stable(&plain),
+        "Python's gzip module reads every member"
+    );
+    assert!(curl.status.success());
+    assert_eq!(
+        stable(&String::from_utf8_lossy(&curl.stdout)),
+        stable(&plain),
+        "curl --compressed reads every member"
+    );
 }
 
 #[tokio::test]

@@ -22,3 +22,4 @@ mod retries;
 mod rotation;
 mod upstream;
 mod web;
+mod web_attacks;

@@ -11,13 +11,13 @@ use crate::fixtures::*;
 use crate::helpers::*;
 
 /// A certificate authority that issues server and client certificates for the tests.
-struct TestCa {
+pub(crate) struct TestCa {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
 }
 
 impl TestCa {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -32,7 +32,7 @@ impl TestCa {
     }
 
     /// A certificate for `names` and its private key, both PEM.
-    fn issue(&self, names: &[&str]) -> (String, String) {
+    pub(crate) fn issue(&self, names: &[&str]) -> (String, String) {
         let params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
                 .unwrap();
@@ -42,10 +42,10 @@ impl TestCa {
     }
 }
 
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "ake-web-{name}-{}-{}",
             std::process::id(),
@@ -55,13 +55,13 @@ impl TempDir {
         Self(dir)
     }
 
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.0.join(name);
         std::fs::write(&path, text).unwrap();
         path
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -79,17 +79,17 @@ fn fastrand_suffix() -> u64 {
         .as_nanos() as u64
 }
 
-fn bcrypt_hash(password: &str) -> String {
+pub(crate) fn bcrypt_hash(password: &str) -> String {
     bcrypt::hash(password, 4).unwrap()
 }
 
-async fn organization() -> MockServer {
+pub(crate) async fn organization() -> MockServer {
     let server = MockServer::start().await;
     mount_simple_organization(&server, &[KeyFixture::new("k1").json()]).await;
     server
 }
 
-fn tls_client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
+pub(crate) fn tls_client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
@@ -263,7 +263,11 @@ async fn changed_passwords_and_certificates_apply_without_a_restart() {
         "web.yml",
         &format!("{tls}basic_auth_users:\n  prom: '{}'\n", bcrypt_hash("old")),
     );
-    let app = spawn_app_with(organization().await, |c| c.web_config_file = Some(config)).await;
+    let app = spawn_app_with(organization().await, |c| {
+        c.web_config_file = Some(config);
+        c.server_limits.web_config_check_interval = Duration::from_millis(200);
+    })
+    .await;
     let https = format!("https://{}/metrics", app.address);
     let before = tls_client(&first_ca.pem, None)
         .get(&https)
@@ -281,15 +285,15 @@ async fn changed_passwords_and_certificates_apply_without_a_restart() {
         "web.yml",
         &format!("{tls}basic_auth_users:\n  prom: '{}'\n", bcrypt_hash("new")),
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     let client = tls_client(&second_ca.pem, None);
-    let _trigger = client.get(&https).send().await;
-    let new_password = client
-        .get(&https)
-        .basic_auth("prom", Some("new"))
-        .send()
-        .await
-        .unwrap();
+    let scrape = |password: &'static str| client.get(&https).basic_auth("prom", Some(password));
+    eventually(
+        Duration::from_secs(5),
+        "the new certificate and password",
+        || async { scrape("new").send().await.is_ok_and(|r| r.status() == 200) },
+    )
+    .await;
+    let new_password = scrape("new").send().await.unwrap();
     let old_password = client
         .get(&https)
         .basic_auth("prom", Some("old"))
@@ -306,7 +310,7 @@ async fn changed_passwords_and_certificates_apply_without_a_restart() {
 
     // A broken edit keeps the configuration in force.
     dir.write("web.yml", "tls_server_config: [not, a, mapping]\n");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let after_broken = client
         .get(&https)
         .basic_auth("prom", Some("new"))
@@ -321,18 +325,36 @@ async fn changed_passwords_and_certificates_apply_without_a_restart() {
 async fn extra_response_headers_from_the_web_config_are_sent() {
     // Arrange
     let dir = TempDir::new("headers");
-    let config = dir.write("web.yml", "http_server_config:\n  headers:\n    X-Frame-Options: deny\n    Strict-Transport-Security: max-age=31536000\n");
+    let headers = [
+        ("X-Frame-Options", "deny"),
+        ("Strict-Transport-Security", "max-age=31536000"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-XSS-Protection", "0"),
+        ("Content-Security-Policy", "default-src 'none'"),
+    ];
+    let lines: String = headers
+        .iter()
+        .map(|(name, value)| format!("    {name}: \"{value}\"\n"))
+        .collect();
+    let config = dir.write(
+        "web.yml",
+        &format!("http_server_config:\n  headers:\n{lines}"),
+    );
 
     // Act
     let app = spawn_app_with(organization().await, |c| c.web_config_file = Some(config)).await;
-    let response = app.get("/").await;
+    app.wait_for_first_poll().await;
+    let landing = app.get("/").await;
+    let metrics = app.get("/metrics").await;
+    let missing = app.get("/missing").await;
 
     // Assert
-    assert_eq!(response.headers()["x-frame-options"], "deny");
-    assert_eq!(
-        response.headers()["strict-transport-security"],
-        "max-age=31536000"
-    );
+    for response in [&landing, &metrics, &missing] {
+        for (name, value) in headers {
+            assert_eq!(response.headers()[name], value, "{}", response.url());
+        }
+    }
+    assert!(metrics.text().await.unwrap().contains("anthropic_up{"));
 }
 
 #[tokio::test]
