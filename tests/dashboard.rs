@@ -143,6 +143,8 @@ fn the_operator_facing_panels_are_all_there() {
         "poll duration",
         "failures",
         "requests",
+        "sources",
+        "configuration reload",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(wanted)),
@@ -159,6 +161,96 @@ fn the_operator_facing_panels_are_all_there() {
         steps.contains("\"red\"") && steps.contains("\"green\""),
         "colour thresholds"
     );
+}
+
+/// Every query of every panel, with the panel's title.
+fn queries(dashboard: &Value) -> Vec<(String, String)> {
+    panels(dashboard)
+        .into_iter()
+        .flat_map(|panel| {
+            let title = panel["title"].as_str().unwrap_or_default().to_owned();
+            panel["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(move |t| Some((title.clone(), t["expr"].as_str()?.to_owned())))
+        })
+        .collect()
+}
+
+#[test]
+fn several_organizations_can_be_selected_and_every_query_honours_the_selection() {
+    let dashboard = dashboard();
+    let organization = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "organization")
+        .unwrap();
+    assert_eq!(organization["multi"], true);
+    assert_eq!(organization["includeAll"], true);
+    // "All" must be a regex matching every organization, not Grafana's list of the values it knows.
+    assert_eq!(organization["allValue"], ".*");
+    // Series without an organization label: the exporter's own build and configuration.
+    let global = [
+        "anthropic_exporter_build_info",
+        "anthropic_exporter_config_",
+    ];
+    for (title, expr) in queries(&dashboard) {
+        assert!(
+            !expr.contains("organization=\"$organization\"")
+                && !expr.contains("organization=\"${organization}\""),
+            "{title:?} matches a multi-value variable with =: {expr}"
+        );
+        if global.iter().any(|g| expr.contains(g)) {
+            continue;
+        }
+        assert!(
+            expr.contains("organization=~\"$organization\""),
+            "{title:?} ignores the organization selection: {expr}"
+        );
+    }
+}
+
+#[test]
+fn the_sources_table_shows_every_source_of_every_organization() {
+    let dashboard = dashboard();
+    let sources = panels(&dashboard)
+        .into_iter()
+        .find(|p| p["title"] == "Sources")
+        .expect("a Sources panel");
+    assert_eq!(sources["type"], "table");
+    let exprs: Vec<&str> = sources["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    for metric in [
+        "anthropic_exporter_source_up",
+        "anthropic_exporter_source_last_success_timestamp_seconds",
+        "anthropic_exporter_source_interval_seconds",
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(metric)),
+            "the Sources table does not show {metric}"
+        );
+    }
+    // One row per (organization, source): the queries are merged on their labels, none aggregates
+    // the source away.
+    assert!(
+        exprs
+            .iter()
+            .all(|e| !e.contains("sum") && !e.contains("max by"))
+    );
+    let text = sources.to_string();
+    assert!(
+        text.contains("\"merge\""),
+        "queries are merged into one table"
+    );
+    assert!(text.contains("\"Source\"") && text.contains("\"Organization\""));
+    // The age of the last success is coloured, so a stale source stands out.
+    assert!(text.contains("\"Last success\"") && text.contains("\"red\""));
 }
 
 #[test]
