@@ -145,6 +145,11 @@ fn the_operator_facing_panels_are_all_there() {
         "requests",
         "sources",
         "configuration reload",
+        "source state",
+        "unused",
+        "orphaned",
+        "by creator",
+        "by role",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(wanted)),
@@ -161,6 +166,73 @@ fn the_operator_facing_panels_are_all_there() {
         steps.contains("\"red\"") && steps.contains("\"green\""),
         "colour thresholds"
     );
+}
+
+#[test]
+fn rotate_next_shows_last_use_and_the_creator() {
+    let dashboard = dashboard();
+    let rotate_next = panels(&dashboard)
+        .into_iter()
+        .find(|p| p["title"] == "Rotate next")
+        .unwrap();
+    let exprs = rotate_next["targets"].to_string();
+    assert!(exprs.contains("anthropic_api_key_last_used_timestamp_seconds"));
+    for label in ["created_by_name", "created_by_email", "created_by_member"] {
+        assert!(exprs.contains(label), "Rotate next does not query {label}");
+    }
+    // Two queries (days left, last use) merged into one row per key, under readable column names.
+    assert!(
+        rotate_next["transformations"]
+            .to_string()
+            .contains("\"merge\"")
+    );
+    let renames = rotate_next["transformations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "organize")
+        .unwrap()["options"]["renameByName"]
+        .clone();
+    let columns: Vec<&str> = renames
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_str)
+        .collect();
+    for column in [
+        "Days left",
+        "Last used (days ago)",
+        "Creator",
+        "Creator e-mail",
+        "Member",
+    ] {
+        assert!(
+            columns.contains(&column),
+            "no column {column:?} in {columns:?}"
+        );
+    }
+}
+
+#[test]
+fn the_health_row_shows_every_source_over_time() {
+    let dashboard = dashboard();
+    let timeline = panels(&dashboard)
+        .into_iter()
+        .find(|p| p["type"] == "state-timeline")
+        .expect("a state timeline of the sources");
+    let target = &timeline["targets"][0];
+    let expr = target["expr"].as_str().unwrap();
+    assert!(expr.contains("anthropic_exporter_source_up"), "{expr}");
+    assert!(expr.contains("by (organization, source)"), "{expr}");
+    assert_eq!(target["range"], true, "a timeline needs a range query");
+    let legend = target["legendFormat"].as_str().unwrap();
+    assert!(legend.contains("{{source}}") && legend.contains("{{organization}}"));
+    // It sits in the exporter-health row, below the row's header.
+    let health_row = panels(&dashboard)
+        .into_iter()
+        .find(|p| p["type"] == "row" && p["title"] == "Exporter health")
+        .unwrap();
+    assert!(timeline["gridPos"]["y"].as_u64() > health_row["gridPos"]["y"].as_u64());
 }
 
 /// Every query of every panel, with the panel's title.
