@@ -1,13 +1,17 @@
 //! The Grafana dashboard is importable and provisionable as shipped: a stable uid, a current schema, a
 //! data source variable every panel uses, the organization and workspace variables, unique panel ids,
-//! panels that do not overlap, and provisioning files that point at it. (That every query returns data
+//! panels that do not overlap, and provisioning files that point at it. Its grafana.com gallery version is
+//! generated from it, current, and asks for its data source on import. (That every query returns data
 //! from a real Prometheus is proven by `tests/e2e.rs`.)
+//!
+//! The gallery check needs `python3` (`scripts/test` installs it); it fails, never skips, without it.
 
 // A failed check should panic right where it failed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -350,4 +354,88 @@ fn provisioning_points_at_the_dashboard_and_a_prometheus_data_source() {
             .as_str()
             .is_some_and(|p| p.starts_with('/'))
     );
+}
+
+#[test]
+fn the_gallery_dashboard_is_generated_from_the_dashboard_and_asks_for_its_data_source() {
+    let check = Command::new("python3")
+        .arg(repository_file("dashboards/generate-gallery-dashboard.py"))
+        .arg("--check")
+        .output()
+        .expect("python3 is required (scripts/test installs it)");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let text = std::fs::read_to_string(repository_file(
+        "dashboards/anthropic-keys-exporter.gallery.json",
+    ))
+    .unwrap();
+    let gallery: Value = serde_json::from_str(&text).expect("the gallery dashboard is valid JSON");
+    assert!(gallery["id"].is_null());
+    assert_eq!(gallery["uid"], dashboard()["uid"]);
+    assert!(
+        !text.contains("${datasource}") && !text.contains("$datasource"),
+        "a reference to the data source variable is left"
+    );
+
+    let inputs = gallery["__inputs"].as_array().unwrap();
+    assert_eq!(inputs.len(), 1);
+    assert_eq!(inputs[0]["name"], "DS_PROMETHEUS");
+    assert_eq!(inputs[0]["type"], "datasource");
+    assert_eq!(inputs[0]["pluginId"], "prometheus");
+
+    let variables = gallery["templating"]["list"].as_array().unwrap();
+    assert!(
+        variables.iter().all(|v| v["type"] != "datasource"),
+        "the data source variable is replaced by the import input"
+    );
+    for variable in variables.iter().filter(|v| v["type"] == "query") {
+        assert_eq!(
+            variable["datasource"]["uid"], "${DS_PROMETHEUS}",
+            "{}",
+            variable["name"]
+        );
+    }
+
+    let mut used = BTreeSet::new();
+    for panel in panels(&gallery) {
+        let title = panel["title"].as_str().unwrap_or_default();
+        if panel["type"] == "row" {
+            continue;
+        }
+        used.insert(panel["type"].as_str().unwrap().to_owned());
+        assert_eq!(
+            panel["datasource"]["uid"], "${DS_PROMETHEUS}",
+            "{title:?} does not use the imported data source"
+        );
+        for target in panel["targets"].as_array().unwrap() {
+            assert_eq!(
+                target["datasource"]["uid"], "${DS_PROMETHEUS}",
+                "{title:?}: a query does not use the imported data source"
+            );
+        }
+    }
+    // The same panels as the dashboard itself, nothing lost on the way.
+    assert_eq!(panels(&gallery).len(), panels(&dashboard()).len());
+
+    let requires = gallery["__requires"].as_array().unwrap();
+    let required =
+        |kind: &str, id: &str| requires.iter().any(|r| r["type"] == kind && r["id"] == id);
+    assert!(required("grafana", "grafana"), "{requires:?}");
+    assert!(required("datasource", "prometheus"), "{requires:?}");
+    for panel_type in &used {
+        assert!(
+            required("panel", panel_type),
+            "__requires does not list the panel type {panel_type}"
+        );
+    }
+    let listed: BTreeSet<String> = requires
+        .iter()
+        .filter(|r| r["type"] == "panel")
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, used, "__requires lists panel types no panel uses");
 }
