@@ -108,3 +108,72 @@ fn every_alert_has_a_severity_and_annotations_and_its_runbook_section_exists() {
     }
     assert!(alerts >= 6, "only {alerts} alerts");
 }
+
+/// Minutes of a Prometheus duration such as `30m` or `1h`.
+fn minutes(duration: &str) -> u64 {
+    let (number, unit) = duration.split_at(duration.len() - 1);
+    let number: u64 = number.parse().unwrap();
+    match unit {
+        "m" => number,
+        "h" => number * 60,
+        "d" => number * 24 * 60,
+        _ => panic!("unexpected duration {duration}"),
+    }
+}
+
+#[test]
+fn every_per_key_alert_is_one_alert_per_key_that_survives_restarts_and_renames() {
+    let rules: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(repository().join(RULES)).unwrap())
+            .unwrap();
+    let mut per_key = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let Some(name) = rule["alert"].as_str() else {
+                continue;
+            };
+            let description = rule["annotations"]["description"].as_str().unwrap();
+            if !description.contains("$labels.api_key_id") {
+                continue;
+            }
+            per_key += 1;
+            let expr = rule["expr"].as_str().unwrap();
+            // The outermost aggregation decides the alert's labels: only labels a key cannot change.
+            for by in expr.split("by (").skip(1) {
+                let labels = by.split(')').next().unwrap();
+                for mutable in [
+                    "api_key_name",
+                    "workspace_name",
+                    "status",
+                    "instance",
+                    "job",
+                ] {
+                    assert!(
+                        !labels.split(',').any(|l| l.trim() == mutable),
+                        "{name} keeps the label {mutable}, which changes under a firing alert"
+                    );
+                }
+            }
+            assert!(
+                expr.contains("group_left (workspace_id, created_by_id, created_by_type)")
+                    || expr.trim_start().starts_with(
+                        "max by (organization, api_key_id, workspace_id, created_by_id, created_by_type)"
+                    ),
+                "{name} does not take its labels from the deduplicated key info"
+            );
+            let keep = rule["keep_firing_for"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} has no keep_firing_for"));
+            assert!(
+                minutes(keep) >= 15,
+                "{name}: keep_firing_for {keep} does not cover an exporter restart"
+            );
+            assert!(
+                !description.contains("$labels.api_key_name")
+                    && !description.contains("$labels.workspace_name"),
+                "{name} reads a name from its labels, which do not have it"
+            );
+        }
+    }
+    assert!(per_key >= 7, "only {per_key} per-key alerts");
+}
