@@ -1416,15 +1416,57 @@ fn the_network_policy_admits_scrapes_and_lets_out_dns_and_the_api_port_only() {
 // ---------------------------------------------------------------------------------------------------
 
 fn prometheus_rule(sets: &[&str]) -> Value {
+    prometheus_rule_with(&[], sets)
+}
+
+fn prometheus_rule_with(values_files: &[&str], sets: &[&str]) -> Value {
     let mut all = vec!["prometheusRule.enabled=true"];
     all.extend(sets);
-    let documents = render(&[], &all);
+    let documents = render(values_files, &all);
     let rules: Vec<&Value> = documents
         .iter()
         .filter(|document| document["kind"].as_str() == Some("PrometheusRule"))
         .collect();
-    assert_eq!(rules.len(), 1, "one PrometheusRule with {sets:?}");
+    assert_eq!(
+        rules.len(),
+        1,
+        "one PrometheusRule with {values_files:?} {sets:?}"
+    );
     rules[0].clone()
+}
+
+/// What every band of the schema takes besides its thresholds.
+const BAND_SETTINGS: [&str; 5] = ["enabled", "for", "keepFiringFor", "labels", "annotations"];
+
+/// The thresholds the schema offers, by name: threshold -> (alert, severity) -> its schema.
+fn schema_thresholds() -> BTreeMap<String, BTreeMap<(String, String), serde_json::Value>> {
+    let schema: serde_json::Value =
+        serde_json::from_str(&read(&format!("{CHART_DIR}/values.schema.json"))).unwrap();
+    let alerts = schema["properties"]["prometheusRule"]["properties"]["alerts"]["properties"]
+        .as_object()
+        .unwrap();
+    let mut thresholds: BTreeMap<String, BTreeMap<(String, String), serde_json::Value>> =
+        BTreeMap::new();
+    for (alert, bands) in alerts {
+        for (severity, band) in bands["properties"].as_object().unwrap() {
+            let properties = band["properties"].as_object().unwrap();
+            for setting in BAND_SETTINGS {
+                assert!(
+                    properties.contains_key(setting),
+                    "the schema's {alert}.{severity} lacks {setting}"
+                );
+            }
+            for (name, property) in properties {
+                if !BAND_SETTINGS.contains(&name.as_str()) {
+                    thresholds
+                        .entry(name.clone())
+                        .or_default()
+                        .insert((alert.clone(), severity.clone()), property.clone());
+                }
+            }
+        }
+    }
+    thresholds
 }
 
 #[test]
@@ -1461,6 +1503,7 @@ fn alert_overrides_change_thresholds_and_durations_and_disable_single_bands() {
         "prometheusRule.alerts.AnthropicApiKeyExpiring.warning.days=21",
         "prometheusRule.alerts.AnthropicApiKeyExpiring.warning.for=2h",
         "prometheusRule.alerts.AnthropicApiKeyExpiring.critical.labels.page=yes",
+        "prometheusRule.alerts.AnthropicApiKeyExpiring.critical.keepFiringFor=1h",
         "prometheusRule.alerts.AnthropicApiKeyNeverExpires.info.enabled=false",
         "prometheusRule.alerts.AnthropicAdminApiPollFailing.critical.enabled=false",
         "prometheusRule.alerts.AnthropicKeyDataStale.warning.minMinutes=45",
@@ -1499,10 +1542,32 @@ fn alert_overrides_change_thresholds_and_durations_and_disable_single_bands() {
         Some("critical")
     );
     assert_eq!(
+        rendered[&expiring_critical]["keep_firing_for"].as_str(),
+        Some("1h")
+    );
+    assert_eq!(
+        rendered[&expiring_warning]["keep_firing_for"],
+        shipped[&expiring_warning]["keep_firing_for"]
+    );
+    assert_eq!(
         expr(&stale).matches("45 * 60").count(),
         2,
-        "both 30-minute floors of the staleness alert should move: {}",
+        "the 30-minute floor and the 30-minute uptime of the staleness alert should move: {}",
         expr(&stale)
+    );
+    assert!(
+        expr(&stale).contains("offset 45m") && !expr(&stale).contains("30m"),
+        "the 30-minute look-back at the failure counters should move: {}",
+        expr(&stale)
+    );
+    assert!(
+        text(
+            &rendered[&stale]["annotations"]["description"],
+            "description"
+        )
+        .contains("at least 45 minutes ago"),
+        "{:?}",
+        rendered[&stale]["annotations"]
     );
     assert!(
         expr(&down).contains(r#"up{job=~".*anthropic.*"} == 0"#),
@@ -1510,6 +1575,15 @@ fn alert_overrides_change_thresholds_and_durations_and_disable_single_bands() {
         expr(&down)
     );
     assert!(!expr(&down).contains("keys"), "{}", expr(&down));
+    assert!(
+        text(
+            &rendered[&down]["annotations"]["description"],
+            "description"
+        )
+        .contains(r#"whose job matches ".*anthropic.*":"#),
+        "{:?}",
+        rendered[&down]["annotations"]
+    );
     for (rule_key, rule) in &rendered {
         assert_eq!(
             rule["labels"]["team"].as_str(),
@@ -1522,6 +1596,108 @@ fn alert_overrides_change_thresholds_and_durations_and_disable_single_bands() {
                 shipped_rule["labels"]["team"] = Value::from("platform");
                 shipped_rule
             });
+        }
+    }
+}
+
+#[test]
+fn every_threshold_the_schema_offers_moves_its_bands_and_nothing_else() {
+    // Arrange
+    let shipped = rules_by_alert(&shipped_rules()["groups"]);
+    let dir = TempDir::new("thresholds");
+    let mut thresholds = schema_thresholds();
+    // keep_firing_for is set the same way on every band, also on those the rules file gives none.
+    thresholds.insert(
+        "keepFiringFor".to_owned(),
+        shipped
+            .keys()
+            .map(|band| {
+                (
+                    band.clone(),
+                    serde_json::json!({"$ref": "#/definitions/prometheusDuration"}),
+                )
+            })
+            .collect(),
+    );
+    assert!(
+        thresholds.len() > 5,
+        "the schema offers too few thresholds: {:?}",
+        thresholds.keys()
+    );
+
+    for (name, bands) in &thresholds {
+        // A value found in no rule of the shipped file, so that finding it proves the override landed.
+        let value = |schema: &serde_json::Value| -> serde_json::Value {
+            match (schema["type"].as_str(), schema["$ref"].as_str()) {
+                (Some("number" | "integer"), _) => serde_json::json!(17),
+                (_, Some("#/definitions/prometheusDuration")) => serde_json::json!("17m"),
+                (Some("string"), _) => serde_json::json!(".*ake17.*"),
+                _ => panic!("{name}: this test cannot choose a value for {schema}"),
+            }
+        };
+        let written = |schema: &serde_json::Value| match value(schema) {
+            serde_json::Value::String(written) => written,
+            number => number.to_string(),
+        };
+        // Every band offering the threshold at once: thresholds that must agree between bands do.
+        let mut alerts = serde_json::Map::new();
+        for ((alert, severity), schema) in bands {
+            alerts
+                .entry(alert.clone())
+                .or_insert_with(|| serde_json::json!({}))[severity] =
+                serde_json::json!({ name: value(schema) });
+        }
+        // JSON is YAML.
+        let file = dir.write(
+            &format!("{name}.yaml"),
+            &serde_json::json!({"prometheusRule": {"alerts": alerts}}).to_string(),
+        );
+
+        // Act
+        let rendered =
+            rules_by_alert(&prometheus_rule_with(&[file.to_str().unwrap()], &[])["spec"]["groups"]);
+
+        // Assert
+        assert_eq!(rendered.len(), shipped.len(), "{name}");
+        for (band, rule) in &rendered {
+            let original = &shipped[band];
+            let Some(schema) = bands.get(band) else {
+                assert_eq!(
+                    rule, original,
+                    "{name} changed {band:?}, which does not offer it"
+                );
+                continue;
+            };
+            let written = written(schema);
+            if name == "keepFiringFor" {
+                assert_eq!(
+                    rule["keep_firing_for"].as_str(),
+                    Some(written.as_str()),
+                    "{band:?}"
+                );
+                let mut expected = original.clone();
+                expected["keep_firing_for"] = Value::from(written);
+                assert_eq!(
+                    rule, &expected,
+                    "{name} changed more than keep_firing_for of {band:?}"
+                );
+                continue;
+            }
+            let expr = text(&rule["expr"], "expr");
+            assert!(
+                !text(&original["expr"], "expr").contains(&written) && expr.contains(&written),
+                "{name} = {written} should move the expression of {band:?}:\n{expr}"
+            );
+            for (key, field) in original.as_mapping().unwrap() {
+                if key.as_str() != Some("expr") && key.as_str() != Some("annotations") {
+                    assert_eq!(&rule[key], field, "{name} changed {key:?} of {band:?}");
+                }
+            }
+            assert_eq!(
+                rule.as_mapping().unwrap().len(),
+                original.as_mapping().unwrap().len(),
+                "{name} added a field to {band:?}"
+            );
         }
     }
 }
@@ -1668,6 +1844,14 @@ fn the_chart_refuses_with_a_reason_what_the_schema_cannot_judge() {
         (
             dir.write("e.yaml", "replicaCount: 2\nsharding: {totalShards: 2}\n"),
             "replicaCount",
+        ),
+        (
+            dir.write(
+                "f.yaml",
+                "prometheusRule:\n  enabled: true\n  alerts:\n    AnthropicApiKeyExpiringUnused:\n      info: {recentUseDays: 14}\n",
+            ),
+            "recentUseDays must be the same in AnthropicApiKeyExpiring.warning, \
+             AnthropicApiKeyExpiring.critical, AnthropicApiKeyExpiringUnused.info",
         ),
     ];
 

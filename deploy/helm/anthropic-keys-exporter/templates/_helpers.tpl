@@ -141,3 +141,15 @@ Call with (dict "name" NAME "shards" M).
 {{- define "anthropic-keys-exporter.headlessServiceName" -}}
 {{- printf "%s-headless" (include "anthropic-keys-exporter.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/*
+The job regular expression AnthropicExporterDown watches: the chart's override when the chart renders the
+rules, else the rules file's.
+*/}}
+{{- define "anthropic-keys-exporter.downJob" -}}
+{{- $override := "" }}
+{{- if .Values.prometheusRule.enabled }}
+{{- $override = dig "AnthropicExporterDown" "warning" "job" "" .Values.prometheusRule.alerts }}
+{{- end }}
+{{- $override | default (regexFind "job=~\"[^\"]*\"" (.Files.Get "files/anthropic-keys-exporter.rules.yml") | trimPrefix "job=~\"" | trimSuffix "\"") }}
+{{- end }}
