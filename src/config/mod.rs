@@ -826,7 +826,7 @@ fn parse_telemetry_path(text: &str) -> Result<String, ConfigError> {
             "expected an absolute path such as /metrics, without query, spaces or wildcards",
         ));
     }
-    if crate::http::RESERVED_PATHS.contains(&path) {
+    if crate::http::is_reserved_path(path) {
         return Err(invalid(
             "telemetry_path",
             text,

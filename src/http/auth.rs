@@ -22,7 +22,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use super::PROBE_PATHS;
+use super::is_probe_path;
 use super::web_config::{WebConfig, WebConfigSource};
 
 /// Verified credentials are cached (as keyed hashes) so that bcrypt, deliberately slow, runs once
@@ -132,7 +132,7 @@ pub(super) async fn authenticate(
     request: Request,
     next: Next,
 ) -> Response {
-    if PROBE_PATHS.contains(&request.uri().path()) {
+    if is_probe_path(request.uri().path()) {
         return next.run(request).await;
     }
     let config = authenticator.web_config.current();

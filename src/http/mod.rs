@@ -26,12 +26,36 @@ use crate::metrics::SnapshotStore;
 use crate::metrics::{Encoding, Exposition};
 use crate::poller::PollerHealth;
 
-/// Paths the telemetry path may not take.
-pub const RESERVED_PATHS: [&str; 5] = ["/", "/healthz", "/readyz", "/-/healthy", "/-/ready"];
+/// What a fixed route serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FixedRoute {
+    Landing,
+    Health,
+    Ready,
+}
+
+/// Every route but the telemetry path: the one table the router and the validation of
+/// `--web.telemetry-path` both read.
+pub const FIXED_ROUTES: [(&str, FixedRoute); 5] = [
+    ("/", FixedRoute::Landing),
+    ("/healthz", FixedRoute::Health),
+    ("/-/healthy", FixedRoute::Health),
+    ("/readyz", FixedRoute::Ready),
+    ("/-/ready", FixedRoute::Ready),
+];
+
+/// Whether the telemetry path may not take `path`.
+pub fn is_reserved_path(path: &str) -> bool {
+    FIXED_ROUTES.iter().any(|(fixed, _)| *fixed == path)
+}
 
 /// Health and readiness: open to probes without credentials (they reveal nothing), outside the
 /// request limit, and answered on the connection slots reserved for them.
-pub const PROBE_PATHS: [&str; 4] = ["/healthz", "/readyz", "/-/healthy", "/-/ready"];
+pub fn is_probe_path(path: &str) -> bool {
+    FIXED_ROUTES
+        .iter()
+        .any(|(fixed, route)| *fixed == path && *route != FixedRoute::Landing)
+}
 
 /// The content type of the Prometheus text exposition format.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -61,18 +85,22 @@ pub fn router(state: AppState) -> Router {
     let web_config = Arc::clone(&state.web_config);
     let authenticator =
         auth::Authenticator::new(Arc::clone(&web_config), auth::bcrypt_concurrency());
-    let mut router = Router::new()
-        .route("/", get(landing_page))
-        .route("/healthz", get(healthy))
-        .route("/-/healthy", get(healthy))
-        .route("/readyz", get(ready))
-        .route("/-/ready", get(ready))
-        .merge(metrics)
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            authenticator,
-            auth::authenticate,
-        ));
+    let mut fixed = Router::new();
+    for (path, route) in FIXED_ROUTES {
+        fixed = match route {
+            FixedRoute::Landing => fixed.route(path, get(landing_page)),
+            FixedRoute::Health => fixed.route(path, get(healthy)),
+            FixedRoute::Ready => fixed.route(path, get(ready)),
+        };
+    }
+    let mut router =
+        fixed
+            .merge(metrics)
+            .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                authenticator,
+                auth::authenticate,
+            ));
     if state.max_requests > 0 {
         router = limit_requests(router, state.max_requests);
     }
@@ -104,7 +132,7 @@ async fn hold_a_request_permit(
     request: Request,
     next: Next,
 ) -> Response {
-    if PROBE_PATHS.contains(&request.uri().path()) {
+    if is_probe_path(request.uri().path()) {
         return next.run(request).await;
     }
     let Ok(permit) = permits.try_acquire_owned() else {

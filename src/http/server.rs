@@ -21,7 +21,7 @@ use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::PROBE_PATHS;
+use super::is_probe_path;
 use super::web_config::WebConfigSource;
 
 /// A client must send its request headers within this time (slow-loris protection).
@@ -252,7 +252,7 @@ fn http_builder(header_read_timeout: Duration, keep_alive: bool) -> http1::Build
 
 /// On a probe slot, only health and readiness are answered.
 async fn only_probes(request: Request, next: Next) -> Response {
-    if PROBE_PATHS.contains(&request.uri().path()) {
+    if is_probe_path(request.uri().path()) {
         next.run(request).await
     } else {
         (
