@@ -54,9 +54,9 @@ struct Args {
     /// Keys of each organization.
     #[arg(long, default_value_t = 10_000)]
     keys: usize,
-    /// Workspaces the keys are spread over.
-    #[arg(long, default_value_t = 20)]
-    workspaces: usize,
+    /// Workspaces the keys are spread over [default: one per 5 keys, at most 20].
+    #[arg(long)]
+    workspaces: Option<usize>,
     /// Organizations: with more than one, DIR/config.yml lists them all, sharing one key and data set.
     #[arg(long)]
     orgs: Option<usize>,
@@ -91,14 +91,15 @@ async fn main() -> Result<()> {
 }
 
 async fn serve(args: &Args, dir: &Path) -> Result<()> {
-    if args.keys == 0 || args.workspaces == 0 || args.orgs == Some(0) {
+    let workspaces = args.workspaces.unwrap_or(args.keys.div_ceil(5).min(20));
+    if args.keys == 0 || workspaces == 0 || args.orgs == Some(0) {
         return Err("--keys, --workspaces and --orgs must be above 0".into());
     }
     let generated = Instant::now();
     // NB: the API's timestamps have microseconds.
     let now = OffsetDateTime::now_utc();
     let now = now.replace_microsecond(now.microsecond()).unwrap_or(now);
-    let dataset = dataset(args.keys, args.workspaces, args.seed, now);
+    let dataset = dataset(args.keys, workspaces, args.seed, now);
     eprintln!(
         "fake_admin_api: generated {} keys, {} workspaces, {} users, {} usage events in {:.2} s",
         dataset.api_keys.len(),
