@@ -42,10 +42,9 @@ type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 /// Not a secret: it opens nothing but this fake.
 const ADMIN_KEY: &str = "sk-ant-admin01-bench-not-a-real-key";
-/// Users of the organization; creators are drawn from a few more, so that some keys are orphaned.
-const USERS: usize = 300;
-const DEPARTED_USERS: usize = 30;
-const SERVICE_ACCOUNTS: usize = 8;
+/// Most users of an organization; creators are drawn from a tenth more, who have left.
+const MAX_USERS: usize = 300;
+const MAX_SERVICE_ACCOUNTS: usize = 8;
 const PAGE_LIMIT: usize = 1000;
 
 #[derive(Debug, Parser)]
@@ -237,8 +236,9 @@ async fn report_rate(requests: Arc<AtomicU64>) {
 }
 
 /// An organization of `keys` keys over `workspaces` workspaces (every seventh archived): a quarter of
-/// the keys never expire, statuses are mixed, creators are a few hundred users (some of whom left),
-/// a few service accounts or nobody, and a fifth of the keys have been used within the last 40 days.
+/// the keys never expire, statuses are mixed, creators are up to a few hundred users (one per two
+/// keys; a tenth more have left), a few service accounts or nobody, and a fifth of the keys have
+/// been used within the last 40 days.
 fn dataset(keys: usize, workspaces: usize, seed: u64, now: OffsetDateTime) -> Dataset {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut id = |prefix: &str| {
@@ -263,9 +263,12 @@ fn dataset(keys: usize, workspaces: usize, seed: u64, now: OffsetDateTime) -> Da
         })
         .collect();
 
+    let members = keys.div_ceil(2).clamp(2, MAX_USERS);
     let roles = ["user", "developer", "developer", "billing", "admin"];
-    let user_ids: Vec<String> = (0..USERS + DEPARTED_USERS).map(|_| id("user")).collect();
-    let users = user_ids[..USERS]
+    let user_ids: Vec<String> = (0..members + members.div_ceil(10))
+        .map(|_| id("user"))
+        .collect();
+    let users = user_ids[..members]
         .iter()
         .enumerate()
         .map(|(index, user_id)| {
@@ -274,7 +277,9 @@ fn dataset(keys: usize, workspaces: usize, seed: u64, now: OffsetDateTime) -> Da
                    "added_at": at(days(-800 + index as i64))})
         })
         .collect();
-    let service_accounts: Vec<String> = (0..SERVICE_ACCOUNTS).map(|_| id("svac")).collect();
+    let service_accounts: Vec<String> = (0..keys.div_ceil(100).min(MAX_SERVICE_ACCOUNTS))
+        .map(|_| id("svac"))
+        .collect();
 
     let environments = ["production", "staging", "ci", "batch", "dev"];
     let mut usage = Vec::new();
@@ -306,7 +311,7 @@ fn dataset(keys: usize, workspaces: usize, seed: u64, now: OffsetDateTime) -> Da
         let created_by = match index % 20 {
             0 => Value::Null,
             1 | 2 => {
-                json!({"id": service_accounts[index % SERVICE_ACCOUNTS], "type": "service_account"})
+                json!({"id": service_accounts[index % service_accounts.len()], "type": "service_account"})
             }
             _ => json!({"id": user_ids[(index * 13) % user_ids.len()], "type": "user"}),
         };
