@@ -219,11 +219,11 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
         true => Encoding::Gzip,
         false => Encoding::Identity,
     };
-    // NB: rendering the per-scrape parts is CPU work; keep it off the async workers.
-    let rendered =
-        tokio::task::spawn_blocking(move || state.exposition.render_encoded(encoding)).await;
-    match rendered {
-        Ok(Ok(chunks)) => {
+    // NB: rendered on the async worker: a scrape only copies reference-counted parts and computes the
+    // exporter's own metrics (the key series were rendered and compressed when published), and a
+    // blocking thread per concurrent scrape would cost a stack and a malloc arena each.
+    match state.exposition.render_encoded(encoding) {
+        Ok(chunks) => {
             let stream = futures_util::stream::iter(
                 chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
             );
@@ -243,16 +243,8 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
             }
             response
         }
-        Ok(Err(error)) => {
-            tracing::error!(error = %error, "Cannot render the metrics.");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot render the metrics\n",
-            )
-                .into_response()
-        }
         Err(error) => {
-            tracing::error!(error = %error, "Rendering the metrics panicked.");
+            tracing::error!(error = %error, "Cannot render the metrics.");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "cannot render the metrics\n",
