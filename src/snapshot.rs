@@ -11,7 +11,8 @@ use crate::admin_api::ApiError;
 use crate::admin_api::model::{ApiKey, Organization, Workspace};
 use crate::sources::LastGood;
 pub use crate::sources::api_keys::KeyStatus;
-use crate::sources::api_keys::{Inventory, InventoryKey, WorkspaceRef};
+use crate::sources::api_keys::{InventoryBuilder, WorkspaceRef};
+use crate::sources::workspaces::{WorkspaceNames, add_workspaces};
 
 /// `workspace_id` / `workspace_name` of keys in the Default workspace as older API versions report
 /// them (`workspace_id: null` and no `scope`).
@@ -233,25 +234,14 @@ impl Snapshot {
         workspaces: Vec<Workspace>,
         api_keys: Vec<ApiKey>,
     ) -> Result<Self, ApiError> {
-        let mut keys: Vec<InventoryKey> = api_keys
-            .into_iter()
-            .map(InventoryKey::from_api)
-            .collect::<Result<_, _>>()?;
-        keys.sort_by(|a, b| a.id.cmp(&b.id));
-        keys.dedup_by(|a, b| a.id == b.id);
+        let mut inventory = InventoryBuilder::default();
+        inventory.add(api_keys)?;
+        let mut names = WorkspaceNames::new();
+        add_workspaces(&mut names, workspaces);
         let last = LastGood {
             organization: Some(Arc::new(organization)),
-            workspaces: Some(Arc::new(
-                workspaces
-                    .into_iter()
-                    .map(|w| (w.name.clone().unwrap_or_else(|| w.id.clone()), w.id))
-                    .map(|(name, id)| (id, name))
-                    .collect(),
-            )),
-            api_keys: Some(Arc::new(Inventory {
-                keys,
-                unknown_statuses: Default::default(),
-            })),
+            workspaces: Some(Arc::new(names)),
+            api_keys: Some(Arc::new(inventory.finish())),
             ..LastGood::default()
         };
         Ok(Self::build(
@@ -289,6 +279,7 @@ impl Capper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources::api_keys::{Inventory, InventoryKey};
     use crate::sources::usage::UsageReport;
     use crate::sources::users::{Member, UserDirectory};
 

@@ -384,13 +384,14 @@ impl AdminApiClient {
 
 impl Session<'_> {
     /// Follows `after_id = last_id` while `has_more`, refusing a cursor seen before and stopping after
-    /// [`MAX_PAGES`] pages. `on_page` takes each page's items as they arrive, so no page is kept.
+    /// [`MAX_PAGES`] pages. `on_page` takes each page's items as they arrive, so no page is kept; an
+    /// error from it (items the API sent but the source cannot use) ends the listing with that error.
     pub async fn list_all<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         extra_query: &[(&str, &str)],
         id_of: impl Fn(&T) -> &str,
-        mut on_page: impl FnMut(Vec<T>),
+        mut on_page: impl FnMut(Vec<T>) -> Result<(), ApiError>,
     ) -> Result<(), ApiError> {
         let limit = PAGE_LIMIT.to_string();
         let mut cursor: Option<String> = None;
@@ -415,7 +416,7 @@ impl Session<'_> {
                 .last_id
                 .clone()
                 .or_else(|| page.data.last().map(|item| id_of(item).to_owned()));
-            on_page(page.data);
+            on_page(page.data)?;
             if !page.has_more {
                 return Ok(());
             }
@@ -431,12 +432,13 @@ impl Session<'_> {
         Err(too_many_pages(endpoint))
     }
 
-    /// Follows the report style of pagination: `page = next_page` while `has_more`.
+    /// Follows the report style of pagination: `page = next_page` while `has_more`; `on_page` as for
+    /// [`Session::list_all`].
     pub async fn report_pages<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         query: &[(&str, &str)],
-        mut on_page: impl FnMut(Vec<T>),
+        mut on_page: impl FnMut(Vec<T>) -> Result<(), ApiError>,
     ) -> Result<(), ApiError> {
         let mut token: Option<String> = None;
         let mut seen_tokens = HashSet::new();
@@ -447,7 +449,7 @@ impl Session<'_> {
             }
             let page: ReportPage<T> = self.get_json(endpoint, &page_query).await?;
             let next = page.next_page.filter(|token| !token.is_empty());
-            on_page(page.data);
+            on_page(page.data)?;
             if !page.has_more {
                 return Ok(());
             }

@@ -101,44 +101,50 @@ impl Source for ApiKeysSource {
 
     fn fetch<'a>(&'a self, session: &'a Session<'a>) -> BoxFuture<'a, Result<Update, ApiError>> {
         Box::pin(async move {
-            let mut by_id: HashMap<String, InventoryKey> = HashMap::new();
-            let mut unknown_statuses = BTreeSet::new();
-            let mut invalid: Option<ApiError> = None;
+            let mut inventory = InventoryBuilder::default();
             session
                 .list_all(
                     Endpoint::ApiKeys,
                     &[],
                     |key: &ApiKey| key.id.as_str(),
-                    |page: Vec<ApiKey>| {
-                        for key in page {
-                            if KeyStatus::from_api(key.status.as_deref()) == KeyStatus::Unknown {
-                                unknown_statuses.insert(
-                                    key.status.clone().unwrap_or_else(|| "(none)".to_owned()),
-                                );
-                            }
-                            match InventoryKey::from_api(key) {
-                                Ok(parsed) => {
-                                    by_id.insert(parsed.id.clone(), parsed);
-                                }
-                                Err(error) => {
-                                    invalid.get_or_insert(error);
-                                }
-                            }
-                        }
-                    },
+                    |page: Vec<ApiKey>| inventory.add(page),
                 )
                 .await?;
-            if let Some(error) = invalid {
-                return Err(error);
-            }
-            let mut keys: Vec<InventoryKey> = by_id.into_values().collect();
-            keys.sort_by(|a, b| a.id.cmp(&b.id));
-            let inventory = Arc::new(Inventory {
-                keys,
-                unknown_statuses,
-            });
+            let inventory = Arc::new(inventory.finish());
             Ok(Box::new(move |last: &mut LastGood| last.api_keys = Some(inventory)) as Update)
         })
+    }
+}
+
+/// Collects a listing page by page into an [`Inventory`].
+#[derive(Debug, Default)]
+pub struct InventoryBuilder {
+    by_id: HashMap<String, InventoryKey>,
+    unknown_statuses: BTreeSet<String>,
+}
+
+impl InventoryBuilder {
+    /// Adds one page; fails on the first key whose timestamps cannot be read.
+    pub fn add(&mut self, keys: Vec<ApiKey>) -> Result<(), ApiError> {
+        for key in keys {
+            if KeyStatus::from_api(key.status.as_deref()) == KeyStatus::Unknown {
+                self.unknown_statuses
+                    .insert(key.status.clone().unwrap_or_else(|| "(none)".to_owned()));
+            }
+            let parsed = InventoryKey::from_api(key)?;
+            // NB: a key listed twice (the list moved under the cursor) must still be one series.
+            self.by_id.insert(parsed.id.clone(), parsed);
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Inventory {
+        let mut keys: Vec<InventoryKey> = self.by_id.into_values().collect();
+        keys.sort_by(|a, b| a.id.cmp(&b.id));
+        Inventory {
+            keys,
+            unknown_statuses: self.unknown_statuses,
+        }
     }
 }
 
@@ -146,11 +152,11 @@ impl InventoryKey {
     /// Fails (as a decode error) only when a key carries a timestamp that is not RFC 3339: silently
     /// dropping an expiry would hide exactly what we alert on.
     pub fn from_api(key: ApiKey) -> Result<Self, ApiError> {
-        let created_at = parse_timestamp(&key.id, "created_at", &key.created_at)?;
+        let created_at = parse_key_time(&key.id, "created_at", &key.created_at)?;
         let expires_at = key
             .expires_at
             .as_deref()
-            .map(|value| parse_timestamp(&key.id, "expires_at", value))
+            .map(|value| parse_key_time(&key.id, "expires_at", value))
             .transpose()?;
         let scope = key.scope.as_ref();
         let workspace = if scope.and_then(|scope| scope.kind.as_deref()) == Some("organization") {
@@ -179,21 +185,22 @@ impl InventoryKey {
     }
 }
 
-/// Unix seconds of an RFC 3339 time, with its fraction.
-pub fn parse_timestamp(key_id: &str, field: &str, value: &str) -> Result<f64, ApiError> {
-    rfc3339_seconds(value).ok_or_else(|| ApiError::Decode {
-        endpoint: Endpoint::ApiKeys,
-        request_id: None,
-        detail: format!(
-            "key {}: {field} {:?} is not an RFC 3339 time",
-            key_id.chars().take(100).collect::<String>(),
-            value.chars().take(100).collect::<String>()
-        ),
-    })
+/// Unix seconds of the RFC 3339 time `value`, or a decode error naming `what` (the key and field, or
+/// the bucket) and the value.
+pub(crate) fn parse_time(endpoint: Endpoint, what: &str, value: &str) -> Result<f64, ApiError> {
+    OffsetDateTime::parse(value, &Rfc3339)
+        .map(|at| at.unix_timestamp_nanos() as f64 / 1e9)
+        .map_err(|_| ApiError::Decode {
+            endpoint,
+            request_id: None,
+            detail: format!(
+                "{what} {:?} is not an RFC 3339 time",
+                value.chars().take(100).collect::<String>()
+            ),
+        })
 }
 
-pub(crate) fn rfc3339_seconds(value: &str) -> Option<f64> {
-    OffsetDateTime::parse(value, &Rfc3339)
-        .ok()
-        .map(|at| at.unix_timestamp_nanos() as f64 / 1e9)
+fn parse_key_time(key_id: &str, field: &str, value: &str) -> Result<f64, ApiError> {
+    let key: String = key_id.chars().take(100).collect();
+    parse_time(Endpoint::ApiKeys, &format!("key {key}: {field}"), value)
 }

@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::api_keys::rfc3339_seconds;
+use super::api_keys::parse_time;
 use super::{LastGood, Source, SourceKind, Update};
 use crate::admin_api::model::UsageBucket;
 use crate::admin_api::{ApiError, Endpoint, Session};
@@ -90,14 +90,10 @@ async fn read_buckets(
         ("group_by[]", "api_key_id"),
         ("limit", limit),
     ];
-    let mut invalid: Option<String> = None;
     session
         .report_pages(Endpoint::Usage, &query, |page: Vec<UsageBucket>| {
             for bucket in page {
-                let Some(ending_at) = rfc3339_seconds(&bucket.ending_at) else {
-                    invalid.get_or_insert_with(|| bucket.ending_at.chars().take(100).collect());
-                    continue;
-                };
+                let ending_at = parse_time(Endpoint::Usage, "bucket ending_at", &bucket.ending_at)?;
                 // NB: usage without a key (Console Workbench) has no key to attribute it to.
                 let keys = bucket
                     .results
@@ -107,16 +103,9 @@ async fn read_buckets(
                     .collect();
                 out.push(UsedIn { ending_at, keys });
             }
+            Ok(())
         })
-        .await?;
-    match invalid {
-        Some(value) => Err(ApiError::Decode {
-            endpoint: Endpoint::Usage,
-            request_id: None,
-            detail: format!("bucket ending_at {value:?} is not an RFC 3339 time"),
-        }),
-        None => Ok(()),
-    }
+        .await
 }
 
 /// The hourly buckets decide for keys used within them. A key only seen in daily buckets was not used

@@ -60,6 +60,7 @@ impl Source for UsersSource {
                                 *directory.roles.entry(role).or_default() += 1;
                             }
                         }
+                        Ok(())
                     },
                 )
                 .await?;

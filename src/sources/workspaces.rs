@@ -14,6 +14,14 @@ use crate::admin_api::{ApiError, Endpoint, Session};
 /// Workspace id to name.
 pub type WorkspaceNames = HashMap<String, String>;
 
+/// Adds listed workspaces; one without a name is named by its id.
+pub fn add_workspaces(names: &mut WorkspaceNames, workspaces: Vec<Workspace>) {
+    for workspace in workspaces {
+        let name = workspace.name.unwrap_or_else(|| workspace.id.clone());
+        names.insert(workspace.id, name);
+    }
+}
+
 #[derive(Debug)]
 pub struct WorkspacesSource {
     pub interval: Duration,
@@ -37,10 +45,8 @@ impl Source for WorkspacesSource {
                     &[("include_archived", "true"), ("include_default", "true")],
                     |workspace: &Workspace| workspace.id.as_str(),
                     |page: Vec<Workspace>| {
-                        for workspace in page {
-                            let name = workspace.name.unwrap_or_else(|| workspace.id.clone());
-                            names.insert(workspace.id, name);
-                        }
+                        add_workspaces(&mut names, page);
+                        Ok(())
                     },
                 )
                 .await?;
