@@ -3,7 +3,7 @@
 //! changes.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -330,7 +330,7 @@ async fn reload_organizations(
 /// The file's content hash (missing or unreadable files hash to a marker), so that a Kubernetes
 /// ConfigMap's symlink swap is noticed as well as an edit in place.
 fn file_fingerprint(path: &Path) -> Option<[u8; 32]> {
-    let text = std::fs::read(PathBuf::from(path)).ok()?;
+    let text = std::fs::read(path).ok()?;
     Some(Sha256::digest(&text).into())
 }
 

@@ -178,11 +178,7 @@ impl Fleet {
     pub async fn stop_all(&mut self) {
         let names: Vec<String> = self.running.keys().cloned().collect();
         for name in names {
-            let Some(running) = self.running.remove(&name) else {
-                continue;
-            };
-            running.stop.cancel();
-            let _ = tokio::time::timeout(STOP_TIMEOUT, running.task).await;
+            self.stop(&name).await;
         }
     }
 }

@@ -75,18 +75,21 @@ impl Poller {
         let inventory_position = self
             .sources
             .iter()
-            .position(|source| source.kind() == SourceKind::ApiKeys);
+            .position(|source| source.kind() == SourceKind::ApiKeys)
+            .unwrap_or(0);
+        let before_inventory = |index: usize, source: &dyn Source| {
+            index < inventory_position && source.kind() != SourceKind::Usage
+        };
+        let waited_for = (self.sources.iter().enumerate())
+            .filter(|(index, source)| before_inventory(*index, source.as_ref()))
+            .count() as u32;
         let loops = self.sources.iter().enumerate().map(|(index, source)| {
-            let before_inventory = inventory_position.is_some_and(|position| index < position)
-                && source.kind() != SourceKind::Usage;
-            let waits_for = match (source.kind(), inventory_position) {
-                (SourceKind::ApiKeys, Some(position)) => self.sources[..position]
-                    .iter()
-                    .filter(|source| source.kind() != SourceKind::Usage)
-                    .count() as u32,
+            let waits_for = match source.kind() {
+                SourceKind::ApiKeys => waited_for,
                 _ => 0,
             };
-            self.run_source(source.as_ref(), &first_round, before_inventory, waits_for)
+            let releases = before_inventory(index, source.as_ref());
+            self.run_source(source.as_ref(), &first_round, releases, waits_for)
         });
         tokio::select! {
             biased;
@@ -195,14 +198,9 @@ impl Poller {
         self.publishing
             .health
             .inventory_poll_finished(&self.organization);
-        let first = succeeded && !self.publishing.health.has_succeeded(&self.organization);
-        if succeeded {
-            self.publishing.health.mark_succeeded(&self.organization);
-        }
         self.publishing
             .store
-            .record_inventory_poll(&self.organization, succeeded);
-        first
+            .record_inventory_poll(&self.organization, succeeded)
     }
 
     fn warn_about_new_statuses(
@@ -262,7 +260,6 @@ struct Liveness {
     last_finished: Instant,
     /// How long a key-inventory poll may take to finish: interval + deadline + slack.
     allowed: Duration,
-    succeeded: bool,
 }
 
 impl PollerHealth {
@@ -275,7 +272,6 @@ impl PollerHealth {
                 running: true,
                 last_finished: Instant::now(),
                 allowed,
-                succeeded: false,
             },
         );
         RunningPoller {
@@ -292,16 +288,6 @@ impl PollerHealth {
     fn inventory_poll_finished(&self, organization: &str) {
         if let Some(liveness) = self.lock().get_mut(organization) {
             liveness.last_finished = Instant::now();
-        }
-    }
-
-    fn has_succeeded(&self, organization: &str) -> bool {
-        self.lock().get(organization).is_some_and(|l| l.succeeded)
-    }
-
-    fn mark_succeeded(&self, organization: &str) {
-        if let Some(liveness) = self.lock().get_mut(organization) {
-            liveness.succeeded = true;
         }
     }
 

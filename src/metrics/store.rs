@@ -47,11 +47,16 @@ impl SnapshotStore {
         }
     }
 
-    pub fn record_inventory_poll(&self, organization: &str, succeeded: bool) {
-        if let Some(entry) = self.write().get_mut(organization) {
-            entry.inventory_attempted = true;
-            entry.inventory_succeeded |= succeeded;
-        }
+    /// Records a finished key-inventory poll; true when it is the organization's first success.
+    pub fn record_inventory_poll(&self, organization: &str, succeeded: bool) -> bool {
+        let mut organizations = self.write();
+        let Some(entry) = organizations.get_mut(organization) else {
+            return false;
+        };
+        let first_success = succeeded && !entry.inventory_succeeded;
+        entry.inventory_attempted = true;
+        entry.inventory_succeeded |= succeeded;
+        first_success
     }
 
     /// Every organization's rendered snapshot, in name order.
@@ -110,7 +115,8 @@ mod tests {
             ["a", "b"],
             "no organization succeeded yet"
         );
-        store.record_inventory_poll("b", true);
+        assert!(store.record_inventory_poll("b", true), "the first success");
+        assert!(!store.record_inventory_poll("b", true));
         assert!(store.not_ready().is_empty());
         store.add("c");
         assert_eq!(store.not_ready(), ["c"]);
