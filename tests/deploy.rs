@@ -13,8 +13,10 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
 use serde_norway::Value;
+
+mod common;
+use common::files::{parse_documents, parse_yaml, read, repo_path, sequence, strings, text};
 
 const COMPOSE_FILE: &str = "docker-compose.yml";
 const COMPOSE_PROMETHEUS_CONFIG: &str = "deploy/compose/prometheus.yml";
@@ -44,30 +46,13 @@ const TEST_ADMIN_KEY: &str = "sk-ant-admin01-deploy-test-key";
 // Reading files
 // ---------------------------------------------------------------------------------------------------
 
-fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
-fn read(relative: &str) -> String {
-    std::fs::read_to_string(repo_path(relative))
-        .unwrap_or_else(|error| panic!("cannot read {relative}: {error}"))
-}
-
-fn parse_yaml(relative: &str) -> Value {
-    serde_norway::from_str(&read(relative))
-        .unwrap_or_else(|error| panic!("{relative} is not valid YAML: {error}"))
+fn parse_yaml_file(relative: &str) -> Value {
+    parse_yaml(&read(relative), relative)
 }
 
 /// Every non-empty document of a file that may hold several, separated by `---`.
 fn parse_yaml_documents(relative: &str) -> Vec<Value> {
-    let text = read(relative);
-    serde_norway::Deserializer::from_str(&text)
-        .map(|document| {
-            Value::deserialize(document)
-                .unwrap_or_else(|error| panic!("{relative} is not valid YAML: {error}"))
-        })
-        .filter(|document| !document.is_null())
-        .collect()
+    parse_documents(&read(relative), relative)
 }
 
 /// The YAML files of a directory of the repository, by name, sorted.
@@ -79,26 +64,6 @@ fn yaml_files_in(relative_dir: &str) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn text<'a>(value: &'a Value, what: &str) -> &'a str {
-    value
-        .as_str()
-        .unwrap_or_else(|| panic!("{what} should be a string, found {value:?}"))
-}
-
-fn sequence<'a>(value: &'a Value, what: &str) -> &'a [Value] {
-    value
-        .as_sequence()
-        .map(Vec::as_slice)
-        .unwrap_or_else(|| panic!("{what} should be a list, found {value:?}"))
-}
-
-fn strings(value: &Value, what: &str) -> Vec<String> {
-    sequence(value, what)
-        .iter()
-        .map(|item| text(item, what).to_owned())
-        .collect()
 }
 
 /// The value of `flag` in `args`, written as `--flag=value` or as `--flag value`.
@@ -128,7 +93,7 @@ fn selects(selector: &Value, labels: &Value) -> bool {
 // ---------------------------------------------------------------------------------------------------
 
 fn compose() -> Value {
-    parse_yaml(COMPOSE_FILE)
+    parse_yaml_file(COMPOSE_FILE)
 }
 
 fn compose_service<'a>(compose: &'a Value, name: &str) -> &'a Value {
@@ -283,7 +248,7 @@ fn compose_rule_files(compose: &Value) -> Vec<(String, String)> {
     let config_target = compose_prometheus_config_target(prometheus);
     let config_dir = Path::new(&config_target).parent().unwrap();
     let rule_files = strings(
-        &parse_yaml(COMPOSE_PROMETHEUS_CONFIG)["rule_files"],
+        &parse_yaml_file(COMPOSE_PROMETHEUS_CONFIG)["rule_files"],
         "rule_files",
     );
     assert!(
@@ -398,7 +363,7 @@ fn admin_key_path_in_container(deployment: &Value) -> String {
 
 /// The `job` matcher of the AnthropicExporterDown rule: the scrape jobs it watches.
 fn exporter_down_job_matcher() -> (bool, String) {
-    let rules = parse_yaml(RULES_FILE);
+    let rules = parse_yaml_file(RULES_FILE);
     let expr = sequence(&rules["groups"], "groups")
         .iter()
         .flat_map(|group| sequence(&group["rules"], "rules"))
@@ -672,7 +637,7 @@ fn the_compose_prometheus_reads_its_configuration_and_the_rules_file_side_by_sid
 #[test]
 fn the_compose_prometheus_scrapes_the_exporter_service_on_its_port() {
     // Arrange
-    let config = parse_yaml(COMPOSE_PROMETHEUS_CONFIG);
+    let config = parse_yaml_file(COMPOSE_PROMETHEUS_CONFIG);
     let compose = compose();
 
     // Act
@@ -747,7 +712,7 @@ fn the_compose_grafana_provisions_the_prometheus_datasource_and_the_dashboard() 
         yaml_files_in(&format!("{GRAFANA_PROVISIONING}/dashboards"))
             .iter()
             .flat_map(|name| {
-                let file = parse_yaml(&format!("{GRAFANA_PROVISIONING}/dashboards/{name}"));
+                let file = parse_yaml_file(&format!("{GRAFANA_PROVISIONING}/dashboards/{name}"));
                 sequence(&file["providers"], "providers")
                     .iter()
                     .map(|provider| text(&provider["options"]["path"], "options.path").to_owned())
@@ -758,7 +723,7 @@ fn the_compose_grafana_provisions_the_prometheus_datasource_and_the_dashboard() 
         yaml_files_in(&format!("{GRAFANA_PROVISIONING}/datasources"))
             .iter()
             .flat_map(|name| {
-                let file = parse_yaml(&format!("{GRAFANA_PROVISIONING}/datasources/{name}"));
+                let file = parse_yaml_file(&format!("{GRAFANA_PROVISIONING}/datasources/{name}"));
                 sequence(&file["datasources"], "datasources")
                     .iter()
                     .filter(|datasource| datasource["type"].as_str() == Some("prometheus"))
@@ -1089,7 +1054,7 @@ fn the_exporter_down_alert_watches_the_kubernetes_job() {
 #[test]
 fn the_kustomization_lists_every_manifest_but_the_example_secret() {
     // Arrange
-    let kustomization = parse_yaml(&format!("{KUBERNETES_DIR}/{KUSTOMIZATION_FILE}"));
+    let kustomization = parse_yaml_file(&format!("{KUBERNETES_DIR}/{KUSTOMIZATION_FILE}"));
     let manifests: Vec<String> = yaml_files_in(KUBERNETES_DIR)
         .into_iter()
         .filter(|name| name != KUSTOMIZATION_FILE && name != EXAMPLE_SECRET_FILE)
@@ -1136,7 +1101,7 @@ fn the_example_secret_holds_a_placeholder_under_the_key_the_deployment_reads() {
 #[test]
 fn the_prometheus_rule_carries_exactly_the_rules_file() {
     // Arrange
-    let rules = parse_yaml(RULES_FILE);
+    let rules = parse_yaml_file(RULES_FILE);
 
     // Act
     let documents = parse_yaml_documents(PROMETHEUS_RULE_FILE);

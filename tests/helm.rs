@@ -18,8 +18,10 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use serde::Deserialize;
 use serde_norway::{Mapping, Value};
+
+mod common;
+use common::files::{parse_documents, parse_yaml, read, repo_path, sequence, strings, text};
 use sha2::{Digest, Sha256};
 
 const CHART_DIR: &str = "deploy/helm/anthropic-keys-exporter";
@@ -56,49 +58,6 @@ const TEST_ADMIN_KEY: &str = "sk-ant-admin01-helm-test-key";
 // ---------------------------------------------------------------------------------------------------
 // Files and YAML
 // ---------------------------------------------------------------------------------------------------
-
-fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
-fn read(relative: &str) -> String {
-    std::fs::read_to_string(repo_path(relative))
-        .unwrap_or_else(|error| panic!("cannot read {relative}: {error}"))
-}
-
-fn parse_yaml(text: &str, what: &str) -> Value {
-    serde_norway::from_str(text).unwrap_or_else(|error| panic!("{what} is not valid YAML: {error}"))
-}
-
-fn parse_documents(text: &str, what: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(text)
-        .map(|document| {
-            Value::deserialize(document)
-                .unwrap_or_else(|error| panic!("{what} is not valid YAML: {error}"))
-        })
-        .filter(|document| !document.is_null())
-        .collect()
-}
-
-fn text<'a>(value: &'a Value, what: &str) -> &'a str {
-    value
-        .as_str()
-        .unwrap_or_else(|| panic!("{what} should be a string, found {value:?}"))
-}
-
-fn sequence<'a>(value: &'a Value, what: &str) -> &'a [Value] {
-    value
-        .as_sequence()
-        .map(Vec::as_slice)
-        .unwrap_or_else(|| panic!("{what} should be a list, found {value:?}"))
-}
-
-fn strings(value: &Value, what: &str) -> Vec<String> {
-    sequence(value, what)
-        .iter()
-        .map(|item| text(item, what).to_owned())
-        .collect()
-}
 
 /// `overlay` merged into `base` as Helm merges values files: mappings key by key, anything else replaced.
 fn merge_values(base: &mut Value, overlay: &Value) {

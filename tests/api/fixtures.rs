@@ -38,27 +38,7 @@ pub(crate) async fn mount_workspaces(server: &MockServer, workspaces: &[Value]) 
 
 /// Mounts key pages so that page N only answers `after_id` = the last id of page N-1, each exactly once.
 pub(crate) async fn mount_key_pages(server: &MockServer, pages: &[Vec<Value>]) {
-    for (index, items) in pages.iter().enumerate() {
-        let has_more = index + 1 < pages.len();
-        let mock = Mock::given(method("GET"))
-            .and(path(KEYS_PATH))
-            .and(query_param("limit", "1000"))
-            .and(header("x-api-key", ADMIN_KEY));
-        let mock = match index {
-            0 => mock.and(query_param_is_missing("after_id")),
-            _ => {
-                let previous_last = pages[index - 1].last().expect("pages are not empty")["id"]
-                    .as_str()
-                    .expect("ids are strings")
-                    .to_owned();
-                mock.and(query_param("after_id", previous_last))
-            }
-        };
-        mock.respond_with(ResponseTemplate::new(200).set_body_json(page(items, has_more)))
-            .expect(1)
-            .mount(server)
-            .await;
-    }
+    mount_list_pages(server, KEYS_PATH, pages).await;
 }
 
 /// An organization without workspaces whose key listing always answers with `keys`.
@@ -108,13 +88,14 @@ pub(crate) async fn mount_usage(server: &MockServer, buckets: &[Value]) {
 }
 
 /// Mounts pages of the cursor-paginated list at `list_path` so that page N only answers `after_id` =
-/// the last id of page N-1, each exactly once.
+/// the last id of page N-1 with the test admin key, each exactly once.
 pub(crate) async fn mount_list_pages(server: &MockServer, list_path: &str, pages: &[Vec<Value>]) {
     for (index, items) in pages.iter().enumerate() {
         let has_more = index + 1 < pages.len();
         let mock = Mock::given(method("GET"))
             .and(path(list_path))
-            .and(query_param("limit", "1000"));
+            .and(query_param("limit", "1000"))
+            .and(header("x-api-key", ADMIN_KEY));
         let mock = match index {
             0 => mock.and(query_param_is_missing("after_id")),
             _ => {

@@ -1,6 +1,7 @@
 //! Harness shared by the integration test crates: a strict parser of the Prometheus text format with a
 //! queryable scrape ([`exposition`]), the exporter configured for tests and running in-process
-//! ([`exporter`]), and the JSON of the Admin API as the fakes serve it ([`admin_api`]).
+//! ([`exporter`]), the JSON of the Admin API as the fakes serve it ([`admin_api`]), and the
+//! repository's files and their YAML ([`files`]).
 //!
 //! Every crate includes it with `mod common;` (the `api` crate, a directory, with
 //! `#[path = "../common/mod.rs"] mod common;`).
@@ -11,3 +12,4 @@
 pub(crate) mod admin_api;
 pub(crate) mod exporter;
 pub(crate) mod exposition;
+pub(crate) mod files;
