@@ -28,6 +28,10 @@ use crate::snapshot::BuildOptions;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the config file is checked for changes.
 const CONFIG_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How often text kept for scrapes without gzip is dropped, and freed memory given back.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+/// Text inflated for scrapes without gzip stays this long after the last such scrape.
+const PLAIN_TEXT_KEPT_FOR: Duration = Duration::from_secs(10);
 
 /// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +224,7 @@ impl App {
             );
         }
 
+        let store = Arc::clone(&state.store);
         let web_config = Arc::clone(&state.web_config);
         tokio::spawn(Arc::clone(&web_config).watch(shutdown.clone()));
         let mut server = tokio::spawn(crate::http::server::serve(
@@ -234,6 +239,8 @@ impl App {
         let mut watched = config.config_file.as_deref().map(file_fingerprint);
         let mut check = tokio::time::interval(CONFIG_CHECK_INTERVAL);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = loop {
             tokio::select! {
                 biased;
@@ -248,6 +255,13 @@ impl App {
                     web_config.reload_now();
                     reload_organizations(&config, &mut fleet, &metrics, "signal").await;
                     watched = config.config_file.as_deref().map(file_fingerprint);
+                }
+                _ = housekeeping.tick() => {
+                    if store.drop_unused_text(PLAIN_TEXT_KEPT_FOR) {
+                        crate::memory::note_freed();
+                    }
+                    // NB: a trim of a large heap takes milliseconds; not on an async worker.
+                    tokio::task::spawn_blocking(crate::memory::release_freed);
                 }
                 _ = check.tick() => {
                     let Some(path) = config.config_file.as_deref() else { continue };

@@ -172,6 +172,7 @@ impl Fleet {
         self.publishing.store.remove(name);
         self.publishing.metrics.remove_organization(name);
         self.publishing.health.untrack(name);
+        crate::memory::note_freed();
     }
 
     /// Stops every poller.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod fleet;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod poller;
 pub mod secret;

@@ -173,6 +173,8 @@ impl Poller {
             .store
             .publish(&self.organization, Arc::new(rendered));
         drop(state);
+        // NB: the replaced snapshot and the poll's buffers are gone by now.
+        crate::memory::note_freed();
         metrics.record_source_success(&self.organization, kind, duration, SystemTime::now());
         if kind == SourceKind::ApiKeys {
             let first = self.inventory_poll_finished(true);

@@ -107,6 +107,72 @@ async fn soak_with_many_concurrent_scrapers() {
     report.assert_healthy(&settings);
 }
 
+/// A replaced snapshot's memory goes back to the operating system: the figures are printed, and the
+/// resident set must give back at least half of what the large organization added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tens of thousands of keys want a release build; run by scripts/load-test"]
+async fn memory_falls_back_after_the_organization_shrinks() {
+    // Arrange
+    let (large, small) = (
+        env_number("SHRINK_FROM_KEYS", 50_000),
+        env_number("SHRINK_TO_KEYS", 500),
+    );
+    let upstream = AlternatingAdminApi::start_with_key_sets(&[large, small], false).await;
+    let before = rss_kib("VmRSS");
+    let mut config = test_config(&upstream.server.uri(), ADMIN_KEY);
+    config.organization = "shrink".to_owned();
+    config.poll.interval = Duration::from_secs(2);
+    let exporter = RunningExporter::start(config).await;
+    wait_until_ready(&exporter).await;
+    wait_for_keys(&exporter, large).await;
+    // NB: a few polls and a housekeeping tick, so that the large organization's figure is its
+    // steady state rather than its first poll's peak.
+    tokio::time::sleep(SETTLE).await;
+    let at_large = rss_kib("VmRSS");
+
+    // Act
+    upstream.serve_key_set(1);
+    wait_for_keys(&exporter, small).await;
+    tokio::time::sleep(SETTLE).await;
+    let at_small = rss_kib("VmRSS");
+    let stopped = exporter.stop().await;
+
+    // Assert
+    println!(
+        "shrink: VmRSS {before} KiB before the exporter, {at_large} KiB at {large} keys, \
+         {at_small} KiB after shrinking to {small} keys; peak {} KiB",
+        rss_kib("VmHWM")
+    );
+    assert!(stopped.is_ok(), "{stopped:?}");
+    let added = at_large.saturating_sub(before);
+    assert!(
+        at_small < before + added / 2,
+        "the resident set stayed at {at_small} KiB after shrinking (from {at_large} KiB; {before} \
+         KiB before the exporter)"
+    );
+}
+
+/// Long enough for a few polls and for the exporter's housekeeping to have given memory back.
+const SETTLE: Duration = Duration::from_secs(8);
+
+/// Waits until a scrape carries exactly `keys` keys.
+async fn wait_for_keys(exporter: &RunningExporter, keys: usize) {
+    let client = reqwest::Client::new();
+    let url = exporter.url("/metrics");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let body = scrape_once(&client, &url).await;
+        if body.and_then(|body| count_keys(body.as_ref())) == Ok(keys) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scrape carried {keys} keys within two minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn env_number(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Ok(value) => value
@@ -462,12 +528,20 @@ struct AlternatingAdminApi {
     server: MockServer,
     /// Polls that reached it; each starts with `GET /v1/organizations/me`.
     polls: Arc<AtomicUsize>,
+    /// Which of the key sets it serves.
+    serving: Arc<AtomicUsize>,
 }
 
 impl AlternatingAdminApi {
     /// `keys` keys over 20 workspaces, in pages of 1,000. On every odd-numbered poll the last key page
     /// answers 500, so that a failing poll has done nearly all the work of a good one.
     async fn start(keys: usize) -> Self {
+        Self::start_with_key_sets(&[keys], true).await
+    }
+
+    /// One organization that serves the first of `key_sets` (key counts) until told otherwise by
+    /// [`AlternatingAdminApi::serve_key_set`]; failing or not on every other poll.
+    async fn start_with_key_sets(key_sets: &[usize], failing: bool) -> Self {
         // NB: a soak sends thousands of requests; recording them would grow this process.
         let server = MockServer::builder()
             .disable_request_recording()
@@ -494,30 +568,46 @@ impl AlternatingAdminApi {
             .respond_with(ResponseTemplate::new(200).set_body_json(page(&workspaces, false)))
             .mount(&server)
             .await;
-        let all_keys: Vec<Value> = (0..keys).map(generated_key).collect();
-        let mut pages = HashMap::new();
-        let chunks: Vec<&[Value]> = all_keys.chunks(PAGE_SIZE).collect();
-        for (index, chunk) in chunks.iter().enumerate() {
-            let after_id = match index {
-                0 => String::new(),
-                _ => chunks[index - 1].last().expect("pages are not empty")["id"]
-                    .as_str()
-                    .expect("ids are strings")
-                    .to_owned(),
-            };
-            let body = serde_json::to_vec(&page(chunk, index + 1 < chunks.len())).unwrap();
-            pages.insert(after_id, (body, index + 1 == chunks.len()));
-        }
+        let serving = Arc::new(AtomicUsize::new(0));
         Mock::given(method("GET"))
             .and(path(KEYS_PATH))
             .respond_with(KeyPages {
-                pages: Arc::new(pages),
+                key_sets: key_sets.iter().map(|&keys| key_pages(keys)).collect(),
+                serving: Arc::clone(&serving),
                 polls: Arc::clone(&polls),
+                failing,
             })
             .mount(&server)
             .await;
-        Self { server, polls }
+        Self {
+            server,
+            polls,
+            serving,
+        }
     }
+
+    fn serve_key_set(&self, index: usize) {
+        self.serving.store(index, Ordering::SeqCst);
+    }
+}
+
+/// The pages of `keys` generated keys by `after_id`, each with whether it is the last.
+fn key_pages(keys: usize) -> HashMap<String, (Vec<u8>, bool)> {
+    let all_keys: Vec<Value> = (0..keys).map(generated_key).collect();
+    let chunks: Vec<&[Value]> = all_keys.chunks(PAGE_SIZE).collect();
+    let mut pages = HashMap::new();
+    for (index, chunk) in chunks.iter().enumerate() {
+        let after_id = match index {
+            0 => String::new(),
+            _ => chunks[index - 1].last().expect("pages are not empty")["id"]
+                .as_str()
+                .expect("ids are strings")
+                .to_owned(),
+        };
+        let body = serde_json::to_vec(&page(chunk, index + 1 < chunks.len())).unwrap();
+        pages.insert(after_id, (body, index + 1 == chunks.len()));
+    }
+    pages
 }
 
 struct CountingPolls {
@@ -534,10 +624,13 @@ impl Respond for CountingPolls {
     }
 }
 
-/// Key pages by `after_id`, the last one failing on every other poll.
+/// Key pages by `after_id` of the key set being served, the last one failing on every other poll if
+/// `failing`.
 struct KeyPages {
-    pages: Arc<HashMap<String, (Vec<u8>, bool)>>,
+    key_sets: Vec<HashMap<String, (Vec<u8>, bool)>>,
+    serving: Arc<AtomicUsize>,
     polls: Arc<AtomicUsize>,
+    failing: bool,
 }
 
 impl Respond for KeyPages {
@@ -548,13 +641,14 @@ impl Respond for KeyPages {
             .find(|(name, _)| name == "after_id")
             .map(|(_, value)| value.into_owned())
             .unwrap_or_default();
-        let Some((body, last)) = self.pages.get(&after_id) else {
+        let pages = &self.key_sets[self.serving.load(Ordering::SeqCst)];
+        let Some((body, last)) = pages.get(&after_id) else {
             return ResponseTemplate::new(400).set_body_json(json!({"type": "error",
                 "error": {"type": "invalid_request_error", "message": "unknown after_id"}}));
         };
         // The first poll is number 1: odd polls succeed, even ones fail on their last page.
         let poll = self.polls.load(Ordering::SeqCst);
-        if *last && poll.is_multiple_of(2) {
+        if self.failing && *last && poll.is_multiple_of(2) {
             return ResponseTemplate::new(500).set_body_json(json!({"type": "error",
                 "error": {"type": "api_error", "message": "Internal server error"}}));
         }

@@ -6,6 +6,7 @@
 //! written to text once and every scrape until the next publish sends the same bytes.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -98,29 +99,90 @@ pub(crate) const FAMILIES: [&Family; 13] = [
 /// Index of the family whose values are computed at scrape time.
 pub(crate) const EXPIRES_IN_INDEX: usize = 7;
 
-/// One organization's snapshot as text: every family's sample lines, except that `expires_in` keeps
-/// each series' name and expiry so that the value can be computed when scraped.
+/// One organization's snapshot, compressed: every family's sample lines, except that `expires_in`
+/// keeps each series' name and expiry so that the value can be computed when scraped.
+///
+/// The text of a large organization is many times the size of its compressed form, so only the
+/// compressed form is kept; scrapes without gzip get the text inflated once and shared while they keep
+/// coming (see [`RenderedOrganization::drop_unused_text`]).
 #[derive(Debug)]
 pub struct RenderedOrganization {
-    /// Per family of [`FAMILIES`]; empty when the organization has no series of it. Reference-counted:
-    /// every scrape sends the same bytes.
-    pub(crate) families: Vec<Bytes>,
-    /// The same, each compressed once.
+    /// Per family of [`FAMILIES`], compressed when the snapshot was published; empty when the
+    /// organization has no series of it.
     pub(crate) gzipped: Vec<gzip::Deflated>,
-    /// The `expires_in` lines of the current second, plain and compressed: every scrape within one
-    /// second shares them.
+    plain: Mutex<PlainText>,
+    /// The `expires_in` lines of the current second: every scrape within one second shares them.
     expires_in_cache: Mutex<Option<ExpiresIn>>,
-    /// `expires_in` series (escaped, without value) and their expiry, in key order.
-    pub(crate) expires_in: Vec<(Box<str>, f64)>,
-    /// About how long the `expires_in` text is, to allocate it once per scrape.
-    pub(crate) expires_in_len: usize,
+    expires_in: ExpiresInSeries,
+}
+
+/// The families inflated for scrapes without gzip, and when one last used them.
+#[derive(Debug, Default)]
+struct PlainText {
+    families: Option<Arc<[Bytes]>>,
+    last_used: Option<Instant>,
+}
+
+/// `expires_in` series (escaped, without value) one after the other in one buffer, with where each
+/// ends and its expiry, in key order: one allocation instead of one per key.
+#[derive(Debug, Default)]
+struct ExpiresInSeries {
+    text: String,
+    ends: Vec<(usize, f64)>,
+}
+
+impl ExpiresInSeries {
+    fn push(&mut self, labels: &[(&str, &str)], expires_at: f64) {
+        write_series(&mut self.text, EXPIRES_IN.name, labels);
+        self.ends.push((self.text.len(), expires_at));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// About how long the lines are with their values.
+    fn text_len(&self) -> usize {
+        self.text.len() + 24 * self.ends.len()
+    }
+
+    fn write(&self, now: f64, sink: &mut impl TextSink) {
+        let mut start = 0;
+        for &(end, expires_at) in &self.ends {
+            let out = sink.text();
+            out.push_str(&self.text[start..end]);
+            out.push(' ');
+            write_value(out, expires_at - now);
+            out.push('\n');
+            start = end;
+        }
+    }
+}
+
+/// Where text is written: a plain buffer, or a compressor's buffer that empties as it fills.
+trait TextSink {
+    fn text(&mut self) -> &mut String;
+}
+
+impl TextSink for String {
+    fn text(&mut self) -> &mut String {
+        self
+    }
+}
+
+impl TextSink for gzip::PartWriter {
+    fn text(&mut self) -> &mut String {
+        gzip::PartWriter::text(self)
+    }
 }
 
 impl RenderedOrganization {
-    /// Writes every family of `snapshot` for the organization labelled `organization`.
+    /// Writes every family of `snapshot` for the organization labelled `organization`, compressing as
+    /// it goes: the whole text never exists at once.
     pub fn render(organization: &str, snapshot: &Snapshot) -> Self {
-        let mut families: [String; FAMILIES.len()] = std::array::from_fn(|_| String::new());
-        let mut expires_in = Vec::new();
+        let mut families: [gzip::PartWriter; FAMILIES.len()] =
+            std::array::from_fn(|_| gzip::PartWriter::new(gzip::AT_PUBLISH));
+        let mut expires_in = ExpiresInSeries::default();
         {
             let [
                 keys,
@@ -148,18 +210,23 @@ impl RenderedOrganization {
                     ("workspace_name", workspace_name),
                     ("status", status.as_str()),
                 ];
-                write_sample(keys, KEYS.name, &labels, count.total as f64);
+                write_sample(keys.text(), KEYS.name, &labels, count.total as f64);
                 write_sample(
-                    never_expiring,
+                    never_expiring.text(),
                     NEVER_EXPIRING.name,
                     &labels,
                     count.never_expiring as f64,
                 );
                 if snapshot.users_by_role.is_some() {
-                    write_sample(orphaned, ORPHANED.name, &labels, count.orphaned as f64);
+                    write_sample(
+                        orphaned.text(),
+                        ORPHANED.name,
+                        &labels,
+                        count.orphaned as f64,
+                    );
                 }
                 if snapshot.usage_lookback.is_some() {
-                    write_sample(unused, UNUSED.name, &labels, count.unused as f64);
+                    write_sample(unused.text(), UNUSED.name, &labels, count.unused as f64);
                 }
             }
             for key in &snapshot.keys {
@@ -178,7 +245,7 @@ impl RenderedOrganization {
                     ("workspace_name", workspace_name.as_str()),
                 ];
                 write_sample(
-                    info,
+                    info.text(),
                     INFO.name,
                     &[
                         ("organization", organization),
@@ -195,20 +262,18 @@ impl RenderedOrganization {
                     ],
                     1.0,
                 );
-                write_sample(created, CREATED.name, &key_labels, key.created_at);
+                write_sample(created.text(), CREATED.name, &key_labels, key.created_at);
                 if let Some(expires_at) = key.expires_at {
-                    write_sample(expiry, EXPIRY.name, &key_labels, expires_at);
-                    let mut series = String::new();
-                    write_series(&mut series, EXPIRES_IN.name, &key_labels);
-                    expires_in.push((series.into_boxed_str(), expires_at));
+                    write_sample(expiry.text(), EXPIRY.name, &key_labels, expires_at);
+                    expires_in.push(&key_labels, expires_at);
                 }
                 if let Some(at) = key.last_used {
-                    write_sample(last_used, LAST_USED.name, &key_labels, at);
+                    write_sample(last_used.text(), LAST_USED.name, &key_labels, at);
                 }
             }
             if let Some((id, name)) = &snapshot.organization_info {
                 write_sample(
-                    organization_info,
+                    organization_info.text(),
                     ORGANIZATION_INFO.name,
                     &[
                         ("organization", organization),
@@ -220,7 +285,7 @@ impl RenderedOrganization {
             }
             for (role, count) in snapshot.users_by_role.iter().flatten() {
                 write_sample(
-                    users,
+                    users.text(),
                     USERS.name,
                     &[("organization", organization), ("role", role)],
                     *count as f64,
@@ -228,7 +293,7 @@ impl RenderedOrganization {
             }
             if let Some(lookback) = snapshot.usage_lookback {
                 write_sample(
-                    usage_lookback,
+                    usage_lookback.text(),
                     USAGE_LOOKBACK.name,
                     &[("organization", organization)],
                     lookback,
@@ -236,68 +301,114 @@ impl RenderedOrganization {
             }
             if snapshot.has_inventory {
                 write_sample(
-                    truncated,
+                    truncated.text(),
                     TRUNCATED.name,
                     &[("organization", organization)],
                     snapshot.truncated_label_values as f64,
                 );
             }
         }
-        let expires_in_len = expires_in.iter().map(|(series, _)| series.len() + 24).sum();
-        let families: Vec<Bytes> = families.into_iter().map(Bytes::from).collect();
-        let gzipped = families
-            .iter()
-            .map(|text| gzip::Deflated::new(text, gzip::AT_PUBLISH))
-            .collect();
+        expires_in.text.shrink_to_fit();
+        expires_in.ends.shrink_to_fit();
         Self {
-            families,
-            gzipped,
+            gzipped: families.into_iter().map(gzip::PartWriter::finish).collect(),
+            plain: Mutex::default(),
             expires_in_cache: Mutex::new(None),
             expires_in,
-            expires_in_len,
         }
     }
 
     fn has_series(&self, index: usize) -> bool {
         match index {
             EXPIRES_IN_INDEX => !self.expires_in.is_empty(),
-            _ => !self.families[index].is_empty(),
+            _ => self.gzipped[index].text_len() > 0,
         }
     }
 
-    /// The `expires_in` lines as of `now`, computed by the first scrape of each second and shared by
-    /// the others of that second.
-    fn expires_in(&self, now: f64) -> ExpiresIn {
+    /// The families as text, inflated by the first scrape without gzip and shared by the next ones.
+    fn plain_families(&self) -> Arc<[Bytes]> {
+        let mut plain = lock(&self.plain);
+        plain.last_used = Some(Instant::now());
+        Arc::clone(
+            plain
+                .families
+                .get_or_insert_with(|| self.gzipped.iter().map(gzip::Deflated::inflate).collect()),
+        )
+    }
+
+    /// Drops the inflated text if no scrape has used it since `cutoff`, and the `expires_in` lines of
+    /// a second that has passed; true if anything was dropped.
+    pub(crate) fn drop_unused_text(&self, cutoff: Instant, now: f64) -> bool {
+        let mut dropped = false;
+        let mut cache = lock(&self.expires_in_cache);
+        if cache
+            .as_ref()
+            .is_some_and(|cached| cached.second != now.floor() as i64)
+        {
+            *cache = None;
+            dropped = true;
+        }
+        drop(cache);
+        let mut plain = lock(&self.plain);
+        if plain.families.is_some() && plain.last_used.is_none_or(|used| used < cutoff) {
+            plain.families = None;
+            dropped = true;
+        }
+        dropped
+    }
+
+    #[cfg(test)]
+    pub(crate) fn plain_is_kept(&self) -> bool {
+        lock(&self.plain).families.is_some()
+    }
+
+    /// Appends the `expires_in` lines as of `now`, computed by the first scrape of each second (per
+    /// encoding) and shared by the others of that second.
+    fn push_expires_in(&self, now: f64, body: &mut gzip::Body) {
         let second = now.floor() as i64;
-        let mut cache = self
-            .expires_in_cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(cached) = cache.as_ref().filter(|cached| cached.second == second) {
-            return cached.clone();
-        }
-        let mut text = String::with_capacity(self.expires_in_len);
-        for (series, expires_at) in &self.expires_in {
-            text.push_str(series);
-            text.push(' ');
-            write_value(&mut text, expires_at - now);
-            text.push('\n');
-        }
-        let fresh = ExpiresIn {
-            second,
-            gzipped: Arc::new(gzip::Deflated::new(text.as_bytes(), gzip::PER_SCRAPE)),
-            plain: Bytes::from(text),
+        let mut cache = lock(&self.expires_in_cache);
+        let cached = match cache.take() {
+            Some(cached) if cached.second == second => cache.insert(cached),
+            _ => cache.insert(ExpiresIn {
+                second,
+                now,
+                plain: None,
+                gzipped: None,
+            }),
         };
-        *cache = Some(fresh.clone());
-        fresh
+        // NB: both encodings of one second carry the same values.
+        let now = cached.now;
+        if body.is_gzip() {
+            let gzipped = cached.gzipped.get_or_insert_with(|| {
+                let mut writer = gzip::PartWriter::new(gzip::PER_SCRAPE);
+                self.expires_in.write(now, &mut writer);
+                writer.finish()
+            });
+            body.push_deflated(gzipped);
+        } else {
+            let plain = cached.plain.get_or_insert_with(|| {
+                let mut text = String::with_capacity(self.expires_in.text_len());
+                self.expires_in.write(now, &mut text);
+                Bytes::from(text)
+            });
+            body.push_plain(plain);
+        }
     }
 }
 
-#[derive(Debug, Clone)]
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Debug)]
 struct ExpiresIn {
     second: i64,
-    plain: Bytes,
-    gzipped: Arc<gzip::Deflated>,
+    /// The time of the first scrape of the second: what its values are computed against.
+    now: f64,
+    plain: Option<Bytes>,
+    gzipped: Option<gzip::Deflated>,
 }
 
 /// Whether the body is sent as text or as a stream of gzip members.
@@ -327,6 +438,10 @@ fn headers() -> &'static [(Bytes, gzip::Deflated)] {
 /// compressed): one header per family, then each organization's lines. Text that only changes with a
 /// publish is shared with every other scrape rather than copied, and compressed only once.
 pub(crate) fn encode(organizations: &[Arc<RenderedOrganization>], now: f64, body: &mut gzip::Body) {
+    let plain: Vec<Option<Arc<[Bytes]>>> = organizations
+        .iter()
+        .map(|rendered| (!body.is_gzip()).then(|| rendered.plain_families()))
+        .collect();
     for (index, (plain_header, deflated_header)) in headers().iter().enumerate() {
         if !organizations
             .iter()
@@ -335,12 +450,11 @@ pub(crate) fn encode(organizations: &[Arc<RenderedOrganization>], now: f64, body
             continue;
         }
         body.push(plain_header, deflated_header);
-        for rendered in organizations {
-            if index == EXPIRES_IN_INDEX {
-                let expires_in = rendered.expires_in(now);
-                body.push(&expires_in.plain, &expires_in.gzipped);
-            } else {
-                body.push(&rendered.families[index], &rendered.gzipped[index]);
+        for (rendered, plain) in organizations.iter().zip(&plain) {
+            match plain {
+                _ if index == EXPIRES_IN_INDEX => rendered.push_expires_in(now, body),
+                Some(families) => body.push_plain(&families[index]),
+                None => body.push_deflated(&rendered.gzipped[index]),
             }
         }
     }

@@ -11,7 +11,7 @@ use std::io::Write as _;
 
 use bytes::Bytes;
 use flate2::write::DeflateEncoder;
-use flate2::{Compression, Crc};
+use flate2::{Compression, Crc, Decompress, FlushDecompress};
 
 /// For text compressed once per snapshot: worth the CPU, since every scrape reuses it.
 pub(crate) const AT_PUBLISH: Compression = Compression::new(6);
@@ -23,6 +23,10 @@ const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 /// A final, empty block with fixed Huffman codes: ends the deflate data after the last sync flush.
 const FINAL_EMPTY_BLOCK: [u8; 2] = [0x03, 0x00];
 
+/// Text is handed to the compressor in pieces of about this size, so that a part is never held
+/// uncompressed in full while it is written.
+const PIECE: usize = 64 * 1024;
+
 /// A part of the body, compressed.
 #[derive(Debug)]
 pub(crate) struct Deflated {
@@ -33,21 +37,92 @@ pub(crate) struct Deflated {
 impl Deflated {
     /// Compresses `text` as a part that may be followed by others.
     pub(crate) fn new(text: &[u8], level: Compression) -> Self {
-        let mut crc = Crc::new();
-        crc.update(text);
-        if text.is_empty() {
-            return Self {
+        let mut writer = PartWriter::new(level);
+        writer.write_bytes(text);
+        writer.finish()
+    }
+
+    /// The length of the text this part holds.
+    pub(crate) fn text_len(&self) -> usize {
+        self.crc.amount() as usize
+    }
+
+    /// The text back, for the rare scrape that does not accept gzip.
+    pub(crate) fn inflate(&self) -> Bytes {
+        let mut text = Vec::with_capacity(self.text_len());
+        let mut inflater = Decompress::new(false);
+        // NB: the data ends in a sync flush, not a final block, so inflation ends when the input
+        // does, never with StreamEnd; the output was sized to hold everything.
+        while (inflater.total_in() as usize) < self.bytes.len() {
+            let before = (inflater.total_in(), inflater.total_out());
+            let input = &self.bytes[inflater.total_in() as usize..];
+            if text.capacity() == text.len() {
+                text.reserve(PIECE);
+            }
+            match inflater.decompress_vec(input, &mut text, FlushDecompress::Sync) {
+                Ok(_) if (inflater.total_in(), inflater.total_out()) != before => {}
+                // Cannot happen for data this module compressed; an empty text beats a panic.
+                _ => return Bytes::new(),
+            }
+        }
+        Bytes::from(text)
+    }
+}
+
+/// Writes one part: text goes into [`PartWriter::text`] and is compressed piece by piece.
+pub(crate) struct PartWriter {
+    encoder: DeflateEncoder<Vec<u8>>,
+    crc: Crc,
+    pending: String,
+}
+
+impl PartWriter {
+    pub(crate) fn new(level: Compression) -> Self {
+        Self {
+            encoder: DeflateEncoder::new(Vec::new(), level),
+            crc: Crc::new(),
+            pending: String::new(),
+        }
+    }
+
+    /// The buffer to append text to; compressed once it reaches a piece.
+    pub(crate) fn text(&mut self) -> &mut String {
+        if self.pending.len() >= PIECE {
+            self.compress_pending();
+        }
+        &mut self.pending
+    }
+
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        self.compress_pending();
+        self.crc.update(bytes);
+        // NB: writing into a Vec cannot fail.
+        let _ = self.encoder.write_all(bytes);
+    }
+
+    fn compress_pending(&mut self) {
+        self.crc.update(self.pending.as_bytes());
+        let _ = self.encoder.write_all(self.pending.as_bytes());
+        self.pending.clear();
+    }
+
+    pub(crate) fn finish(mut self) -> Deflated {
+        self.compress_pending();
+        if self.crc.amount() == 0 {
+            return Deflated {
                 bytes: Bytes::new(),
-                crc,
+                crc: self.crc,
             };
         }
-        let mut encoder = DeflateEncoder::new(Vec::with_capacity(text.len() / 8 + 64), level);
-        // NB: writing into a Vec cannot fail; flush() is a sync flush, which leaves the stream
-        // byte-aligned and open for the next part.
-        let _ = encoder.write_all(text);
-        let _ = encoder.flush();
-        let bytes = Bytes::from(std::mem::take(encoder.get_mut()));
-        Self { bytes, crc }
+        // NB: flush() is a sync flush, which leaves the stream byte-aligned and open for the next
+        // part.
+        let _ = self.encoder.flush();
+        let mut bytes = std::mem::take(self.encoder.get_mut());
+        bytes.shrink_to_fit();
+        Deflated {
+            bytes: Bytes::from(bytes),
+            crc: self.crc,
+        }
     }
 }
 
@@ -70,20 +145,34 @@ impl Body {
         }
     }
 
+    pub(crate) fn is_gzip(&self) -> bool {
+        matches!(self, Self::Gzip { .. })
+    }
+
     /// Appends one part, given in both forms; the body uses the one it needs.
     pub(crate) fn push(&mut self, plain: &Bytes, deflated: &Deflated) {
         match self {
-            Self::Plain(chunks) => {
-                if !plain.is_empty() {
-                    chunks.push(plain.clone());
-                }
-            }
-            Self::Gzip { chunks, crc } => {
-                if !deflated.bytes.is_empty() {
-                    chunks.push(deflated.bytes.clone());
-                    crc.combine(&deflated.crc);
-                }
-            }
+            Self::Plain(_) => self.push_plain(plain),
+            Self::Gzip { .. } => self.push_deflated(deflated),
+        }
+    }
+
+    /// Appends a part to a plain body; a gzip body ignores it (see [`Body::is_gzip`]).
+    pub(crate) fn push_plain(&mut self, plain: &Bytes) {
+        if let Self::Plain(chunks) = self
+            && !plain.is_empty()
+        {
+            chunks.push(plain.clone());
+        }
+    }
+
+    /// Appends a part to a gzip body; a plain body ignores it (see [`Body::is_gzip`]).
+    pub(crate) fn push_deflated(&mut self, deflated: &Deflated) {
+        if let Self::Gzip { chunks, crc } = self
+            && !deflated.bytes.is_empty()
+        {
+            chunks.push(deflated.bytes.clone());
+            crc.combine(&deflated.crc);
         }
     }
 
@@ -142,5 +231,30 @@ mod tests {
         let mut expected: Vec<u8> = parts.concat();
         expected.extend_from_slice(b"end\n");
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_part_written_piece_by_piece_inflates_back_to_its_text() {
+        // More than a few pieces, of text that compresses like labels do.
+        let mut writer = PartWriter::new(AT_PUBLISH);
+        let mut expected = String::new();
+        for i in 0..20_000 {
+            let line = format!("m{{id=\"k{i}\",name=\"n{}\"}} {i}\n", i * 7919 % 1000);
+            writer.text().push_str(&line);
+            expected.push_str(&line);
+        }
+        let part = writer.finish();
+
+        assert!(expected.len() > 4 * PIECE);
+        assert_eq!(part.text_len(), expected.len());
+        assert!(part.bytes.len() * 4 < expected.len(), "compressed");
+        assert_eq!(part.inflate(), expected.as_bytes());
+        let mut body = Body::gzip();
+        body.push_deflated(&part);
+        let mut text = Vec::new();
+        flate2::read::GzDecoder::new(&body.finish().concat()[..])
+            .read_to_end(&mut text)
+            .unwrap();
+        assert_eq!(text, expected.as_bytes());
     }
 }

@@ -56,11 +56,7 @@ impl Exposition {
             Encoding::Gzip => gzip::Body::gzip(),
         };
         body.push_text(Bytes::from(own));
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|since_epoch| since_epoch.as_secs_f64())
-            .unwrap_or_default();
-        api_keys::encode(&self.store.all(), now, &mut body);
+        api_keys::encode(&self.store.all(), unix_now(), &mut body);
         Ok(body.finish())
     }
 
@@ -75,16 +71,25 @@ impl Exposition {
     }
 }
 
+/// The time `expires_in` is computed against.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|since_epoch| since_epoch.as_secs_f64())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Read as _;
+    use std::time::{Duration, Instant};
 
     use super::*;
     use crate::admin_api::model::{ApiKey, Organization, Workspace};
     use crate::snapshot::Snapshot;
 
-    #[test]
-    fn the_gzip_body_decompresses_to_exactly_the_plain_body() {
+    /// Organizations `a` and `b`, 50 keys each, half of them expiring.
+    fn store_of_two_organizations() -> Arc<SnapshotStore> {
         let keys: Vec<ApiKey> = (0..50)
             .map(|i| {
                 serde_json::from_value(serde_json::json!({"id": format!("k{i}"), "name": format!("n\"{i}"),
@@ -107,6 +112,12 @@ mod tests {
                 Arc::new(RenderedOrganization::render(organization, &snapshot)),
             );
         }
+        store
+    }
+
+    #[test]
+    fn the_gzip_body_decompresses_to_exactly_the_plain_body() {
+        let store = store_of_two_organizations();
         let exposition = Exposition::new(&ExporterMetrics::new().unwrap(), store).unwrap();
 
         // Within one second both encodings carry the same expires_in values; retry across a boundary.
@@ -135,5 +146,37 @@ mod tests {
             }
         }
         panic!("the gzip body differs from the plain body");
+    }
+
+    #[test]
+    fn plain_text_is_inflated_on_demand_and_dropped_once_unused() {
+        let store = store_of_two_organizations();
+        let exposition =
+            Exposition::new(&ExporterMetrics::new().unwrap(), Arc::clone(&store)).unwrap();
+        let keys_only = |body: Vec<u8>| -> String {
+            String::from_utf8(body)
+                .unwrap()
+                .lines()
+                .filter(|line| line.starts_with("anthropic_api_key_info"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let first = keys_only(exposition.render().unwrap());
+        assert_eq!(first.lines().count(), 100);
+
+        // A scrape since the cutoff keeps the text; none since, and it goes.
+        let before_scrape = Instant::now() - Duration::from_secs(1);
+        for rendered in store.all() {
+            rendered.drop_unused_text(before_scrape, 0.0);
+            assert!(rendered.plain_is_kept(), "used since the cutoff");
+        }
+        let after_scrape = Instant::now() + Duration::from_secs(1);
+        for rendered in store.all() {
+            assert!(rendered.drop_unused_text(after_scrape, 0.0));
+            assert!(!rendered.plain_is_kept());
+        }
+
+        // Assert: the next scrape inflates the same text again.
+        assert_eq!(keys_only(exposition.render().unwrap()), first);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use super::api_keys::RenderedOrganization;
 
@@ -65,6 +66,21 @@ impl SnapshotStore {
             .values()
             .filter_map(|entry| entry.rendered.clone())
             .collect()
+    }
+
+    /// Drops the text inflated for scrapes without gzip that none has used for `unused_for`
+    /// (Prometheus always asks for gzip, so that text mostly serves a person's occasional look), and
+    /// `expires_in` lines of a past second; true if anything was dropped.
+    pub fn drop_unused_text(&self, unused_for: Duration) -> bool {
+        let Some(cutoff) = Instant::now().checked_sub(unused_for) else {
+            return false;
+        };
+        let now = super::unix_now();
+        let mut dropped = false;
+        for rendered in self.all() {
+            dropped |= rendered.drop_unused_text(cutoff, now);
+        }
+        dropped
     }
 
     /// The organizations readiness waits for: those whose first key-inventory poll has not finished,
