@@ -502,7 +502,15 @@ async fn metrics_are_gzipped_when_the_scraper_asks() {
             .unwrap()
             .starts_with("text/plain; version=0.0.4")
     );
+    // NB: a known length, not chunked framing of every part.
+    assert!(response.headers().get("transfer-encoding").is_none());
+    let length: usize = response.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let compressed = response.bytes().await.unwrap();
+    assert_eq!(compressed.len(), length);
     // NB: the body is assembled from parts compressed at different times; every reader must see all.
     let mut text = String::new();
     std::io::Read::read_to_string(
@@ -535,7 +543,12 @@ async fn metrics_are_gzipped_when_the_scraper_asks() {
     .unwrap();
     let plain = app.get("/metrics").await;
     assert!(plain.headers().get("content-encoding").is_none());
+    let plain_length = plain.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let plain = plain.text().await.unwrap();
+    assert_eq!(plain.len().to_string(), plain_length);
 
     // Everything but the exporter's own, ever-changing process metrics is the same body.
     let stable = |body: &str| -> String {
