@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::gzip;
-use super::text::{write_gauge_header, write_sample, write_series, write_value};
+use super::text::{write_sample, write_series, write_value};
+use super::{gzip, lock};
 use crate::snapshot::{KeyRecord, Snapshot};
 
 #[cfg(test)]
@@ -396,12 +396,6 @@ impl RenderedOrganization {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[derive(Debug)]
 struct ExpiresIn {
     second: i64,
@@ -424,12 +418,7 @@ fn headers() -> &'static [(Bytes, gzip::Deflated)] {
     HEADERS.get_or_init(|| {
         FAMILIES
             .iter()
-            .map(|family| {
-                let mut header = String::new();
-                write_gauge_header(&mut header, family.name, family.help);
-                let gzipped = gzip::Deflated::new(header.as_bytes(), gzip::AT_PUBLISH);
-                (Bytes::from(header), gzipped)
-            })
+            .map(|family| super::family_header(family.name, family.help, "gauge"))
             .collect()
     })
 }

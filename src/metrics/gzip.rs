@@ -7,11 +7,8 @@
 //! and the CRC-32 (combined from the parts' CRCs) and length. A single member, rather than one member
 //! per part, because not every reader reads multi-member streams (curl 7.88 stops after the first).
 
-use std::io::Write as _;
-
 use bytes::Bytes;
-use flate2::write::DeflateEncoder;
-use flate2::{Compression, Crc, Decompress, FlushDecompress};
+use flate2::{Compress, Compression, Crc, Decompress, FlushCompress, FlushDecompress};
 
 /// For text compressed once per snapshot: worth the CPU, since every scrape reuses it.
 pub(crate) const AT_PUBLISH: Compression = Compression::new(6);
@@ -71,15 +68,59 @@ impl Deflated {
 
 /// Writes one part: text goes into [`PartWriter::text`] and is compressed piece by piece.
 pub(crate) struct PartWriter {
-    encoder: DeflateEncoder<Vec<u8>>,
+    compressor: Option<Compress>,
+    level: Compression,
+    out: Vec<u8>,
     crc: Crc,
     pending: String,
+}
+
+impl std::fmt::Debug for PartWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartWriter")
+            .field("compressed", &self.out.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Compressors kept per thread for reuse: a new one allocates and clears a few hundred kilobytes of
+/// tables, which costs more than compressing the exporter's own metrics.
+const POOLED_PER_LEVEL: usize = 2;
+
+thread_local! {
+    static COMPRESSORS: std::cell::RefCell<Vec<(u32, Compress)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_compressor(level: Compression) -> Compress {
+    let pooled = COMPRESSORS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let found = pool.iter().position(|(pooled, _)| *pooled == level.level());
+        found.map(|index| pool.swap_remove(index).1)
+    });
+    pooled.unwrap_or_else(|| Compress::new(level, false))
+}
+
+fn return_compressor(level: Compression, mut compressor: Compress) {
+    compressor.reset();
+    COMPRESSORS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let kept = pool
+            .iter()
+            .filter(|(pooled, _)| *pooled == level.level())
+            .count();
+        if kept < POOLED_PER_LEVEL {
+            pool.push((level.level(), compressor));
+        }
+    });
 }
 
 impl PartWriter {
     pub(crate) fn new(level: Compression) -> Self {
         Self {
-            encoder: DeflateEncoder::new(Vec::new(), level),
+            compressor: None,
+            level,
+            out: Vec::new(),
             crc: Crc::new(),
             pending: String::new(),
         }
@@ -95,15 +136,35 @@ impl PartWriter {
 
     fn write_bytes(&mut self, bytes: &[u8]) {
         self.compress_pending();
-        self.crc.update(bytes);
-        // NB: writing into a Vec cannot fail.
-        let _ = self.encoder.write_all(bytes);
+        self.deflate(bytes, FlushCompress::None);
     }
 
     fn compress_pending(&mut self) {
-        self.crc.update(self.pending.as_bytes());
-        let _ = self.encoder.write_all(self.pending.as_bytes());
+        let pending = std::mem::take(&mut self.pending);
+        self.deflate(pending.as_bytes(), FlushCompress::None);
+        self.pending = pending;
         self.pending.clear();
+    }
+
+    fn deflate(&mut self, mut input: &[u8], flush: FlushCompress) {
+        self.crc.update(input);
+        let compressor = self
+            .compressor
+            .get_or_insert_with(|| take_compressor(self.level));
+        loop {
+            if self.out.capacity() - self.out.len() < 1024 {
+                self.out.reserve(input.len() / 4 + 8 * 1024);
+            }
+            let (read, written) = (compressor.total_in(), compressor.total_out());
+            // NB: compressing into a Vec with room to spare cannot fail.
+            let _ = compressor.compress_vec(input, &mut self.out, flush);
+            input = &input[(compressor.total_in() - read) as usize..];
+            let stuck = compressor.total_in() == read && compressor.total_out() == written;
+            // Done once the input is in and the output had room left: nothing more is pending.
+            if input.is_empty() && (self.out.len() < self.out.capacity() || stuck) {
+                return;
+            }
+        }
     }
 
     pub(crate) fn finish(mut self) -> Deflated {
@@ -114,10 +175,12 @@ impl PartWriter {
                 crc: self.crc,
             };
         }
-        // NB: flush() is a sync flush, which leaves the stream byte-aligned and open for the next
-        // part.
-        let _ = self.encoder.flush();
-        let mut bytes = std::mem::take(self.encoder.get_mut());
+        // NB: a sync flush leaves the stream byte-aligned and open for the next part.
+        self.deflate(&[], FlushCompress::Sync);
+        if let Some(compressor) = self.compressor.take() {
+            return_compressor(self.level, compressor);
+        }
+        let mut bytes = std::mem::take(&mut self.out);
         bytes.shrink_to_fit();
         Deflated {
             bytes: Bytes::from(bytes),

@@ -1,6 +1,6 @@
-//! What `/metrics` serves: the exporter's own health metrics, build info and process metrics from a
-//! `prometheus` registry, followed by the API-key metrics of every organization, rendered when their
-//! snapshots were published.
+//! What `/metrics` serves: build info, config reload and process metrics from a `prometheus`
+//! registry, then the health metrics of every organization (compressed when they change), then the
+//! API-key metrics of every organization (rendered when their snapshots were published).
 
 mod api_keys;
 mod exporter;
@@ -22,6 +22,7 @@ pub use store::SnapshotStore;
 #[derive(Debug, Clone)]
 pub struct Exposition {
     registry: Registry,
+    health: ExporterMetrics,
     store: Arc<SnapshotStore>,
 }
 
@@ -36,7 +37,11 @@ impl Exposition {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        Ok(Self { registry, store })
+        Ok(Self {
+            registry,
+            health: exporter_metrics.clone(),
+            store,
+        })
     }
 
     /// Renders every metric in the Prometheus text format, as chunks to send one after the other: the
@@ -56,6 +61,7 @@ impl Exposition {
             Encoding::Gzip => gzip::Body::gzip(),
         };
         body.push_text(Bytes::from(own));
+        self.health.encode(&mut body);
         api_keys::encode(&self.store.all(), unix_now(), &mut body);
         Ok(body.finish())
     }
@@ -69,6 +75,22 @@ impl Exposition {
         }
         Ok(text)
     }
+}
+
+/// A family's `# HELP` and `# TYPE` lines, plain and compressed.
+fn family_header(name: &str, help: &str, kind: &str) -> (Bytes, gzip::Deflated) {
+    let mut header = String::new();
+    text::write_header(&mut header, name, help, kind);
+    let gzipped = gzip::Deflated::new(header.as_bytes(), gzip::AT_PUBLISH);
+    (Bytes::from(header), gzipped)
+}
+
+/// A lock that a panic elsewhere does not make unusable: what it guards stays consistent between
+/// statements.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The time `expires_in` is computed against.

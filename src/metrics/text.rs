@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-/// `# HELP` and `# TYPE` of a gauge family.
-pub(crate) fn write_gauge_header(out: &mut String, name: &str, help: &str) {
+/// `# HELP` and `# TYPE` of a family of type `kind` (`gauge`, `counter`).
+pub(crate) fn write_header(out: &mut String, name: &str, help: &str, kind: &str) {
     out.push_str("# HELP ");
     out.push_str(name);
     out.push(' ');
@@ -18,7 +18,9 @@ pub(crate) fn write_gauge_header(out: &mut String, name: &str, help: &str) {
     }
     out.push_str("\n# TYPE ");
     out.push_str(name);
-    out.push_str(" gauge\n");
+    out.push(' ');
+    out.push_str(kind);
+    out.push('\n');
 }
 
 /// `name{label="value",...}` without the value, for series whose value is computed later.
@@ -74,7 +76,7 @@ mod tests {
     #[test]
     fn label_values_and_help_are_escaped_as_the_format_requires() {
         let mut out = String::new();
-        write_gauge_header(&mut out, "m", "a\\b\nc");
+        write_header(&mut out, "m", "a\\b\nc", "gauge");
         write_sample(&mut out, "m", &[("a", "x\"y\\z\nw"), ("b", "ü")], 1.5);
         write_sample(&mut out, "m", &[], f64::INFINITY);
         assert_eq!(
