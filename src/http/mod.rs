@@ -255,37 +255,41 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
 /// that hyper writes the shared chunks as they are, without framing each one.
 #[derive(Debug)]
 struct Chunks {
-    chunks: std::vec::IntoIter<Bytes>,
+    chunks: std::iter::Peekable<std::vec::IntoIter<Bytes>>,
     remaining: u64,
 }
 
-/// Runs of chunks shorter than this are copied into one: hyper writes each chunk that does not fit its
-/// write buffer (as large as the header limit) with a syscall of its own, and a body has dozens of
-/// small ones (family headers, small families) between the large ones.
+/// Runs of chunks shorter than this are copied into one frame of up to [`FRAME`] bytes: hyper writes
+/// each frame that does not fit its write buffer (as large as the header limit) with a syscall of its
+/// own, and a body has dozens of small chunks (family headers, small families; thousands with many
+/// organizations) between the large ones. Copied as the body is sent, one frame at a time, so a
+/// response in flight holds one frame, not a copy of the body.
 const SMALL_CHUNK: usize = 16 * 1024;
+const FRAME: usize = 64 * 1024;
 
 impl Chunks {
     fn new(chunks: Vec<Bytes>) -> Self {
         let remaining = chunks.iter().map(|chunk| chunk.len() as u64).sum();
-        let mut coalesced = Vec::with_capacity(chunks.len());
-        let mut small = Vec::new();
-        for chunk in chunks {
-            if chunk.len() >= SMALL_CHUNK {
-                if !small.is_empty() {
-                    coalesced.push(Bytes::from(std::mem::take(&mut small)));
-                }
-                coalesced.push(chunk);
-            } else {
-                small.extend_from_slice(&chunk);
-            }
-        }
-        if !small.is_empty() {
-            coalesced.push(Bytes::from(small));
-        }
         Self {
-            chunks: coalesced.into_iter(),
+            chunks: chunks.into_iter().peekable(),
             remaining,
         }
+    }
+
+    fn next_frame(&mut self) -> Option<Bytes> {
+        let first = self.chunks.find(|chunk| !chunk.is_empty())?;
+        if first.len() >= SMALL_CHUNK {
+            return Some(first);
+        }
+        let mut frame = Vec::with_capacity(FRAME);
+        frame.extend_from_slice(&first);
+        while let Some(next) = self
+            .chunks
+            .next_if(|next| next.len() < SMALL_CHUNK && frame.len() + next.len() <= FRAME)
+        {
+            frame.extend_from_slice(&next);
+        }
+        Some(Bytes::from(frame))
     }
 }
 
@@ -297,11 +301,11 @@ impl HttpBody for Chunks {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let next = self.chunks.find(|chunk| !chunk.is_empty());
-        if let Some(chunk) = &next {
-            self.remaining -= chunk.len() as u64;
+        let next = self.next_frame();
+        if let Some(frame) = &next {
+            self.remaining -= frame.len() as u64;
         }
-        Poll::Ready(next.map(|chunk| Ok(Frame::data(chunk))))
+        Poll::Ready(next.map(|frame| Ok(Frame::data(frame))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -370,6 +374,27 @@ fn html_escape(text: &str) -> String {
 mod tests {
     use super::*;
     use tower::ServiceExt;
+
+    #[test]
+    fn a_body_of_chunks_is_sent_whole_in_frames_of_bounded_size() {
+        let mut chunks = vec![Bytes::from_static(b"# HELP a\n"), Bytes::new()];
+        chunks.push(Bytes::from(vec![b'x'; 3 * SMALL_CHUNK]));
+        chunks.extend((0..200).map(|i| Bytes::from(format!("{i:01000}\n"))));
+        let expected: Vec<u8> = chunks.concat();
+        let mut body = Chunks::new(chunks);
+        assert_eq!(body.size_hint().exact(), Some(expected.len() as u64));
+
+        let mut sent = Vec::new();
+        let mut frames = 0;
+        while let Some(frame) = body.next_frame() {
+            assert!(frame.len() <= FRAME.max(3 * SMALL_CHUNK), "{}", frame.len());
+            sent.extend_from_slice(&frame);
+            frames += 1;
+        }
+
+        assert_eq!(sent, expected);
+        assert!(frames <= 6, "small chunks are joined: {frames} frames");
+    }
 
     #[tokio::test]
     async fn a_request_counts_against_the_limit_until_its_body_is_sent_or_dropped() {
