@@ -149,9 +149,21 @@ impl Poller {
             .api_keys
             .as_ref()
             .map(|inventory| inventory.unknown_statuses.clone());
+        let before = state.clone();
         update(&mut state);
         if kind == SourceKind::ApiKeys {
             self.warn_about_new_statuses(&state, unknown_before);
+        }
+        // NB: what was fetched is what is published already (workspaces and the organization rarely
+        // change, keys between two polls often do not): no new snapshot to join, render and compress.
+        if *state == before {
+            let keys = state
+                .api_keys
+                .as_ref()
+                .map_or(0, |inventory| inventory.keys.len());
+            drop(state);
+            self.record_success(kind, duration, keys);
+            return Ok(());
         }
         let last = state.clone();
         let organization = self.organization.clone();
@@ -175,7 +187,18 @@ impl Poller {
         drop(state);
         // NB: the replaced snapshot and the poll's buffers are gone by now.
         crate::memory::note_freed();
-        metrics.record_source_success(&self.organization, kind, duration, SystemTime::now());
+        self.record_success(kind, duration, keys);
+        Ok(())
+    }
+
+    /// Counts and logs a successful poll of a source whose data is published.
+    fn record_success(&self, kind: SourceKind, duration: Duration, keys: usize) {
+        self.publishing.metrics.record_source_success(
+            &self.organization,
+            kind,
+            duration,
+            SystemTime::now(),
+        );
         if kind == SourceKind::ApiKeys {
             let first = self.inventory_poll_finished(true);
             let duration_ms = duration.as_millis() as u64;
@@ -192,7 +215,6 @@ impl Poller {
         } else {
             tracing::debug!(organization = %self.organization, source = kind.label(), "Polled a source.");
         }
-        Ok(())
     }
 
     /// Records a finished key-inventory poll; true for the first successful one.

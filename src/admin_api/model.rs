@@ -65,7 +65,7 @@ pub struct Workspace {
 }
 
 /// The organization the admin key belongs to (`GET /v1/organizations/me`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Organization {
     pub id: String,
     #[serde(default)]

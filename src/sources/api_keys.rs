@@ -76,7 +76,7 @@ pub struct InventoryKey {
 }
 
 /// The whole listing.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inventory {
     /// Sorted by id, each id once (a key listed twice because the list moved under the cursor is one
     /// series).

@@ -59,7 +59,7 @@ impl fmt::Display for SourceKind {
 
 /// Everything the sources of one organization last fetched successfully. `None` until a source has
 /// succeeded once; a failed fetch leaves its field as it was.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LastGood {
     pub organization: Option<Arc<Organization>>,
     pub workspaces: Option<Arc<workspaces::WorkspaceNames>>,

@@ -19,7 +19,7 @@ pub struct Member {
 }
 
 /// The last complete listing of members.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserDirectory {
     pub members: HashMap<String, Member>,
     /// Members per role, roles as the API gives them.
