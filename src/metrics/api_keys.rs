@@ -427,26 +427,27 @@ fn headers() -> &'static [(Bytes, gzip::Deflated)] {
 /// compressed): one header per family, then each organization's lines. Text that only changes with a
 /// publish is shared with every other scrape rather than copied, and compressed only once.
 pub(crate) fn encode(organizations: &[Arc<RenderedOrganization>], now: f64, body: &mut gzip::Body) {
-    let plain: Vec<Option<Arc<[Bytes]>>> = organizations
+    let gzip = body.is_gzip();
+    let parts: Vec<(&RenderedOrganization, Option<Arc<[Bytes]>>)> = organizations
         .iter()
-        .map(|rendered| (!body.is_gzip()).then(|| rendered.plain_families()))
+        .map(|rendered| {
+            (
+                rendered.as_ref(),
+                (!gzip).then(|| rendered.plain_families()),
+            )
+        })
         .collect();
-    for (index, (plain_header, deflated_header)) in headers().iter().enumerate() {
-        if !organizations
-            .iter()
-            .any(|rendered| rendered.has_series(index))
-        {
-            continue;
-        }
-        body.push(plain_header, deflated_header);
-        for (rendered, plain) in organizations.iter().zip(&plain) {
-            match plain {
-                _ if index == EXPIRES_IN_INDEX => rendered.push_expires_in(now, body),
-                Some(families) => body.push_plain(&families[index]),
-                None => body.push_deflated(&rendered.gzipped[index]),
-            }
-        }
-    }
+    super::push_families(
+        body,
+        headers(),
+        &parts,
+        |(rendered, _), index| rendered.has_series(index),
+        |body, (rendered, plain), index| match plain {
+            _ if index == EXPIRES_IN_INDEX => rendered.push_expires_in(now, body),
+            Some(families) => body.push_plain(&families[index]),
+            None => body.push_deflated(&rendered.gzipped[index]),
+        },
+    );
 }
 
 #[cfg(test)]

@@ -179,17 +179,25 @@ impl Health {
         }
     }
 
+    /// Every family's lines, in the order of [`FAMILIES`].
+    fn family_texts(&self, organization: &str) -> Vec<String> {
+        (0..FAMILIES.len())
+            .map(|index| {
+                let mut text = String::new();
+                self.write_family(index, organization, &mut text);
+                text
+            })
+            .collect()
+    }
+
     fn compressed(&mut self, organization: &str) -> Arc<[gzip::Deflated]> {
         if let Some(gzipped) = &self.gzipped {
             return Arc::clone(gzipped);
         }
-        let mut text = String::new();
-        let gzipped: Arc<[gzip::Deflated]> = (0..FAMILIES.len())
-            .map(|index| {
-                text.clear();
-                self.write_family(index, organization, &mut text);
-                gzip::Deflated::new(text.as_bytes(), gzip::PER_SCRAPE)
-            })
+        let gzipped: Arc<[gzip::Deflated]> = self
+            .family_texts(organization)
+            .iter()
+            .map(|text| gzip::Deflated::new(text.as_bytes(), gzip::PER_SCRAPE))
             .collect();
         self.gzipped = Some(Arc::clone(&gzipped));
         gzipped
@@ -399,9 +407,8 @@ impl ExporterMetrics {
             .set(if successful { 1.0 } else { 0.0 });
     }
 
-    /// Appends every organization's health families to `body`: one header per family, then each
-    /// organization's lines, in organization order. A gzip body reuses what each organization
-    /// compressed when it last changed; a plain body is written afresh, which is cheap.
+    /// Appends every organization's health families to `body`. A gzip body reuses what each
+    /// organization compressed when it last changed; a plain body is written afresh, which is cheap.
     pub(crate) fn encode(&self, body: &mut gzip::Body) {
         let organizations: Vec<(String, Arc<Mutex<Health>>)> = self
             .organizations
@@ -410,33 +417,35 @@ impl ExporterMetrics {
             .iter()
             .map(|(name, health)| (name.clone(), Arc::clone(health)))
             .collect();
+        // NB: each organization's families are taken under one lock, so that one scrape never shows
+        // half of a change.
         if body.is_gzip() {
             let parts: Vec<Arc<[gzip::Deflated]>> = organizations
                 .iter()
                 .map(|(name, health)| lock(health).compressed(name))
                 .collect();
-            for (index, (plain_header, deflated_header)) in headers().iter().enumerate() {
-                if parts.iter().all(|families| families[index].text_len() == 0) {
-                    continue;
-                }
-                body.push(plain_header, deflated_header);
-                for families in &parts {
-                    body.push_deflated(&families[index]);
-                }
-            }
+            super::push_families(
+                body,
+                headers(),
+                &parts,
+                |families, index| families[index].text_len() > 0,
+                |body, families, index| body.push_deflated(&families[index]),
+            );
         } else {
-            let mut text = String::new();
-            for (index, (plain_header, _)) in headers().iter().enumerate() {
-                let mut lines = String::new();
-                for (name, health) in &organizations {
-                    lock(health).write_family(index, name, &mut lines);
-                }
-                if !lines.is_empty() {
-                    text.push_str(std::str::from_utf8(plain_header).unwrap_or_default());
-                    text.push_str(&lines);
-                }
-            }
-            body.push_text(Bytes::from(text));
+            let parts: Vec<Vec<Bytes>> = organizations
+                .iter()
+                .map(|(name, health)| {
+                    let texts = lock(health).family_texts(name);
+                    texts.into_iter().map(Bytes::from).collect()
+                })
+                .collect();
+            super::push_families(
+                body,
+                headers(),
+                &parts,
+                |families, index| !families[index].is_empty(),
+                |body, families, index| body.push_plain(&families[index]),
+            );
         }
     }
 }

@@ -77,6 +77,30 @@ impl Exposition {
     }
 }
 
+/// Appends families one block each, as the text format requires: a family's header, then every
+/// organization's part of it, in organization order. A family no organization has series of is left
+/// out, header and all.
+fn push_families<P>(
+    body: &mut gzip::Body,
+    headers: &[(Bytes, gzip::Deflated)],
+    organizations: &[P],
+    has_series: impl Fn(&P, usize) -> bool,
+    mut push_part: impl FnMut(&mut gzip::Body, &P, usize),
+) {
+    for (index, (plain_header, deflated_header)) in headers.iter().enumerate() {
+        if !organizations
+            .iter()
+            .any(|organization| has_series(organization, index))
+        {
+            continue;
+        }
+        body.push(plain_header, deflated_header);
+        for organization in organizations {
+            push_part(body, organization, index);
+        }
+    }
+}
+
 /// A family's `# HELP` and `# TYPE` lines, plain and compressed.
 fn family_header(name: &str, help: &str, kind: &str) -> (Bytes, gzip::Deflated) {
     let mut header = String::new();
