@@ -145,14 +145,10 @@ impl Poller {
             }
         };
         let mut state = self.state.lock().await;
-        let unknown_before = state
-            .api_keys
-            .as_ref()
-            .map(|inventory| inventory.unknown_statuses.clone());
         let before = state.clone();
         update(&mut state);
         if kind == SourceKind::ApiKeys {
-            self.warn_about_new_statuses(&state, unknown_before);
+            self.warn_about_new_statuses(&state, &before);
         }
         // NB: what was fetched is what is published already (workspaces and the organization rarely
         // change, keys between two polls often do not): no new snapshot to join, render and compress.
@@ -227,15 +223,12 @@ impl Poller {
             .record_inventory_poll(&self.organization, succeeded)
     }
 
-    fn warn_about_new_statuses(
-        &self,
-        state: &LastGood,
-        before: Option<std::collections::BTreeSet<String>>,
-    ) {
+    fn warn_about_new_statuses(&self, state: &LastGood, before: &LastGood) {
         let Some(now) = state.api_keys.as_ref().map(|i| &i.unknown_statuses) else {
             return;
         };
-        if !now.is_empty() && before.as_ref() != Some(now) {
+        let was = before.api_keys.as_ref().map(|i| &i.unknown_statuses);
+        if !now.is_empty() && was != Some(now) {
             tracing::warn!(
                 organization = %self.organization,
                 statuses = ?now,
