@@ -343,7 +343,7 @@ impl RenderedOrganization {
         let mut cache = lock(&self.expires_in_cache);
         if cache
             .as_ref()
-            .is_some_and(|cached| cached.second != now.floor() as i64)
+            .is_some_and(|cached| cached.second() != now.floor() as i64)
         {
             *cache = None;
             dropped = true;
@@ -368,9 +368,8 @@ impl RenderedOrganization {
         let second = now.floor() as i64;
         let mut cache = lock(&self.expires_in_cache);
         let cached = match cache.take() {
-            Some(cached) if cached.second == second => cache.insert(cached),
+            Some(cached) if cached.second() == second => cache.insert(cached),
             _ => cache.insert(ExpiresIn {
-                second,
                 now,
                 plain: None,
                 gzipped: None,
@@ -398,11 +397,16 @@ impl RenderedOrganization {
 
 #[derive(Debug)]
 struct ExpiresIn {
-    second: i64,
     /// The time of the first scrape of the second: what its values are computed against.
     now: f64,
     plain: Option<Bytes>,
     gzipped: Option<gzip::Deflated>,
+}
+
+impl ExpiresIn {
+    fn second(&self) -> i64 {
+        self.now.floor() as i64
+    }
 }
 
 /// Whether the body is sent as text or as a stream of gzip members.
@@ -412,7 +416,7 @@ pub enum Encoding {
     Gzip,
 }
 
-/// The family headers, plain and as gzip members, built once for the whole process.
+/// The family headers, plain and compressed, built once for the whole process.
 fn headers() -> &'static [(Bytes, gzip::Deflated)] {
     static HEADERS: std::sync::OnceLock<Vec<(Bytes, gzip::Deflated)>> = std::sync::OnceLock::new();
     HEADERS.get_or_init(|| {
