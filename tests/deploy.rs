@@ -16,7 +16,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_norway::Value;
 
 mod common;
-use common::files::{parse_documents, parse_yaml, read, repo_path, sequence, strings, text};
+use common::files::{
+    matches_wildcards, parse_documents, parse_yaml, read, repo_path, sequence, strings, text,
+};
 
 const COMPOSE_FILE: &str = "docker-compose.yml";
 const COMPOSE_PROMETHEUS_CONFIG: &str = "deploy/compose/prometheus.yml";
@@ -377,33 +379,6 @@ fn exporter_down_job_matcher() -> (bool, String) {
     } else {
         panic!("cannot find the job matcher of AnthropicExporterDown in {expr:?}")
     }
-}
-
-/// A full (anchored) match of `text` by a regular expression made of literal text and `.*` only.
-fn matches_wildcards(pattern: &str, text: &str) -> bool {
-    let pieces: Vec<&str> = pattern.split(".*").collect();
-    for piece in &pieces {
-        assert!(
-            piece
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_/:".contains(c)),
-            "this test understands job selectors made of text and `.*` only, not {pattern:?}: extend it"
-        );
-    }
-    let (first, rest) = pieces.split_first().unwrap();
-    let Some(mut remaining) = text.strip_prefix(first) else {
-        return false;
-    };
-    let Some((last, middle)) = rest.split_last() else {
-        return remaining.is_empty();
-    };
-    for piece in middle {
-        match remaining.find(piece) {
-            Some(at) => remaining = &remaining[at + piece.len()..],
-            None => return false,
-        }
-    }
-    remaining.ends_with(last)
 }
 
 fn exporter_down_watches_job(job: &str) -> bool {

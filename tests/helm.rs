@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_norway::{Mapping, Value};
 
 mod common;
-use common::files::{parse_documents, parse_yaml, read, repo_path, sequence, strings, text};
+use common::files::{
+    matches_wildcards, parse_documents, parse_yaml, read, repo_path, sequence, strings, text,
+};
 use sha2::{Digest, Sha256};
 
 const CHART_DIR: &str = "deploy/helm/anthropic-keys-exporter";
@@ -444,31 +446,6 @@ fn rules_by_alert(groups: &Value) -> BTreeMap<(String, String), Value> {
 
 fn shipped_rules() -> Value {
     parse_yaml(&read(RULES_FILE), RULES_FILE)
-}
-
-/// A full (anchored) match of `text` by a regular expression made of literal text and `.*` only.
-fn matches_wildcards(pattern: &str, text: &str) -> bool {
-    let pieces: Vec<&str> = pattern.split(".*").collect();
-    assert!(
-        pieces.iter().all(|piece| piece
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_/:".contains(c))),
-        "this test understands job selectors made of text and `.*` only, not {pattern:?}"
-    );
-    let (first, rest) = pieces.split_first().unwrap();
-    let Some(mut remaining) = text.strip_prefix(first) else {
-        return false;
-    };
-    let Some((last, middle)) = rest.split_last() else {
-        return remaining.is_empty();
-    };
-    for piece in middle {
-        match remaining.find(piece) {
-            Some(at) => remaining = &remaining[at + piece.len()..],
-            None => return false,
-        }
-    }
-    remaining.ends_with(last)
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -49,3 +49,31 @@ pub(crate) fn strings(value: &Value, what: &str) -> Vec<String> {
         .map(|item| text(item, what).to_owned())
         .collect()
 }
+
+/// A full (anchored) match of `text` by a regular expression made of literal text and `.*` only, as
+/// Prometheus matches the job selectors of the shipped rules.
+pub(crate) fn matches_wildcards(pattern: &str, text: &str) -> bool {
+    let pieces: Vec<&str> = pattern.split(".*").collect();
+    for piece in &pieces {
+        assert!(
+            piece
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_/:".contains(c)),
+            "this test understands job selectors made of text and `.*` only, not {pattern:?}: extend it"
+        );
+    }
+    let (first, rest) = pieces.split_first().unwrap();
+    let Some(mut remaining) = text.strip_prefix(first) else {
+        return false;
+    };
+    let Some((last, middle)) = rest.split_last() else {
+        return remaining.is_empty();
+    };
+    for piece in middle {
+        match remaining.find(piece) {
+            Some(at) => remaining = &remaining[at + piece.len()..],
+            None => return false,
+        }
+    }
+    remaining.ends_with(last)
+}
