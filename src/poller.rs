@@ -164,13 +164,15 @@ impl Poller {
         let last = state.clone();
         let organization = self.organization.clone();
         let options = self.publishing.options;
+        let previous = self.publishing.store.get(&self.organization);
         // NB: joining and rendering tens of thousands of keys is CPU work; keep it off the async workers.
         let rendered = tokio::task::spawn_blocking(move || {
             let snapshot = Snapshot::build(&last, options);
-            (
-                RenderedOrganization::render(&organization, &snapshot),
-                snapshot.keys.len(),
-            )
+            let rendered = RenderedOrganization::render(&organization, &snapshot);
+            if let Some(previous) = previous {
+                rendered.keep_plain_text_in_use(&previous);
+            }
+            (rendered, snapshot.keys.len())
         })
         .await;
         let Ok((rendered, keys)) = rendered else {

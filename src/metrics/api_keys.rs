@@ -336,14 +336,35 @@ impl RenderedOrganization {
         )
     }
 
-    /// Drops the inflated text if no scrape has used it since `cutoff`, and the `expires_in` lines of
-    /// a second that has passed; true if anything was dropped.
-    pub(crate) fn drop_unused_text(&self, cutoff: Instant, now: f64) -> bool {
+    /// Inflates the text now if scrapes without gzip were using `previous`'s, the snapshot this one
+    /// replaces: called before publishing, so that the first such scrape after a poll is no slower
+    /// than the others. The text then stays as long as it would have stayed with `previous`.
+    pub fn keep_plain_text_in_use(&self, previous: &Self) {
+        let last_used = {
+            let previous = lock(&previous.plain);
+            match (&previous.families, previous.last_used) {
+                (Some(_), Some(last_used)) => last_used,
+                _ => return,
+            }
+        };
+        let families = self.gzipped.iter().map(gzip::Deflated::inflate).collect();
+        let mut plain = lock(&self.plain);
+        plain.families = Some(families);
+        plain.last_used = Some(last_used);
+    }
+
+    /// Drops the inflated text if no scrape has used it since `cutoff`, and the `expires_in` lines if
+    /// no scrape has computed them since `cutoff_unix` (Unix seconds); true if anything was dropped.
+    ///
+    /// NB: while scrapes keep coming, each second's first scrape replaces the `expires_in` lines
+    /// itself; dropping them here too would make every tick free something and trim the heap under
+    /// load, which stalls the scrapes in flight.
+    pub(crate) fn drop_unused_text(&self, cutoff: Instant, cutoff_unix: f64) -> bool {
         let mut dropped = false;
         let mut cache = lock(&self.expires_in_cache);
         if cache
             .as_ref()
-            .is_some_and(|cached| cached.second() != now.floor() as i64)
+            .is_some_and(|cached| cached.now < cutoff_unix)
         {
             *cache = None;
             dropped = true;

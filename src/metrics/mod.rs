@@ -136,7 +136,20 @@ mod tests {
 
     /// Organizations `a` and `b`, 50 keys each, half of them expiring.
     fn store_of_two_organizations() -> Arc<SnapshotStore> {
-        let keys: Vec<ApiKey> = (0..50)
+        let snapshot = snapshot_of(50);
+        let store = Arc::new(SnapshotStore::new(["a", "b"]));
+        for organization in ["a", "b"] {
+            store.publish(
+                organization,
+                Arc::new(RenderedOrganization::render(organization, &snapshot)),
+            );
+        }
+        store
+    }
+
+    /// `keys` keys, half of them expiring.
+    fn snapshot_of(keys: usize) -> Snapshot {
+        let keys: Vec<ApiKey> = (0..keys)
             .map(|i| {
                 serde_json::from_value(serde_json::json!({"id": format!("k{i}"), "name": format!("n\"{i}"),
                     "created_at": "2025-01-01T00:00:00Z", "status": "active",
@@ -150,15 +163,7 @@ mod tests {
         };
         let workspace: Workspace =
             serde_json::from_value(serde_json::json!({"id": "w", "name": "W"})).unwrap();
-        let snapshot = Snapshot::from_listing(organization, vec![workspace], keys).unwrap();
-        let store = Arc::new(SnapshotStore::new(["a", "b"]));
-        for organization in ["a", "b"] {
-            store.publish(
-                organization,
-                Arc::new(RenderedOrganization::render(organization, &snapshot)),
-            );
-        }
-        store
+        Snapshot::from_listing(organization, vec![workspace], keys).unwrap()
     }
 
     #[test]
@@ -224,5 +229,55 @@ mod tests {
 
         // Assert: the next scrape inflates the same text again.
         assert_eq!(keys_only(exposition.render().unwrap()), first);
+    }
+
+    #[test]
+    fn a_new_snapshot_is_inflated_before_it_is_published_only_while_plain_scrapes_use_the_old_one()
+    {
+        let store = store_of_two_organizations();
+        let exposition =
+            Exposition::new(&ExporterMetrics::new().unwrap(), Arc::clone(&store)).unwrap();
+        let first_plain = exposition.render().unwrap();
+        assert!(!first_plain.is_empty());
+
+        let replacement = RenderedOrganization::render("a", &snapshot_of(60));
+        replacement.keep_plain_text_in_use(&store.get("a").unwrap());
+        assert!(
+            replacement.plain_is_kept(),
+            "plain scrapes were using the old text"
+        );
+        store.publish("a", Arc::new(replacement));
+        let infos = String::from_utf8(exposition.render().unwrap())
+            .unwrap()
+            .lines()
+            .filter(|line| line.starts_with("anthropic_api_key_info{"))
+            .count();
+        assert_eq!(infos, 60 + 50, "the inflated text is the new snapshot's");
+
+        // Assert: with no plain scrape since the old text was dropped, nothing is inflated ahead.
+        store.drop_unused_text(Duration::ZERO);
+        let unused = RenderedOrganization::render("b", &snapshot_of(60));
+        unused.keep_plain_text_in_use(&store.get("b").unwrap());
+        assert!(!unused.plain_is_kept());
+    }
+
+    #[test]
+    fn expires_in_lines_still_in_use_are_not_dropped_so_that_a_busy_exporter_is_not_trimmed() {
+        let store = store_of_two_organizations();
+        let exposition =
+            Exposition::new(&ExporterMetrics::new().unwrap(), Arc::clone(&store)).unwrap();
+        exposition.render_encoded(Encoding::Gzip).unwrap();
+        let computed_at = unix_now();
+        let long_ago = Instant::now() - Duration::from_secs(3600);
+
+        // Computed a moment ago, and no plain text kept: nothing to drop, nothing freed.
+        for rendered in store.all() {
+            assert!(!rendered.drop_unused_text(long_ago, computed_at - 10.0));
+        }
+        // Not asked for since the cutoff: dropped.
+        for rendered in store.all() {
+            assert!(rendered.drop_unused_text(long_ago, computed_at + 1.0));
+            assert!(!rendered.drop_unused_text(long_ago, computed_at + 1.0));
+        }
     }
 }

@@ -60,6 +60,13 @@ impl SnapshotStore {
         first_success
     }
 
+    /// The rendered snapshot an organization serves now, if it has one.
+    pub fn get(&self, organization: &str) -> Option<Arc<RenderedOrganization>> {
+        self.read()
+            .get(organization)
+            .and_then(|entry| entry.rendered.clone())
+    }
+
     /// Every organization's rendered snapshot, in name order.
     pub fn all(&self) -> Vec<Arc<RenderedOrganization>> {
         self.read()
@@ -70,15 +77,15 @@ impl SnapshotStore {
 
     /// Drops the text inflated for scrapes without gzip that none has used for `unused_for`
     /// (Prometheus always asks for gzip, so that text mostly serves a person's occasional look), and
-    /// `expires_in` lines of a past second; true if anything was dropped.
+    /// `expires_in` lines no scrape has asked for in that time; true if anything was dropped.
     pub fn drop_unused_text(&self, unused_for: Duration) -> bool {
         let Some(cutoff) = Instant::now().checked_sub(unused_for) else {
             return false;
         };
-        let now = super::unix_now();
+        let cutoff_unix = super::unix_now() - unused_for.as_secs_f64();
         let mut dropped = false;
         for rendered in self.all() {
-            dropped |= rendered.drop_unused_text(cutoff, now);
+            dropped |= rendered.drop_unused_text(cutoff, cutoff_unix);
         }
         dropped
     }
