@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::secret::{AdminKey, AdminKeyError, AdminKeySource};
-use model::{ErrorEnvelope, Page, ReportPage};
+use model::{ErrorEnvelope, Page, PageCursor, ReportPage};
 pub use retry::RetryPolicy;
 pub use upstream_text::{clean_request_id, clean_upstream_text};
 
@@ -386,7 +386,11 @@ impl Session<'_> {
     /// Follows `after_id = last_id` while `has_more`, refusing a cursor seen before and stopping after
     /// [`MAX_PAGES`] pages. `on_page` takes each page's items as they arrive, so no page is kept; an
     /// error from it (items the API sent but the source cannot use) ends the listing with that error.
-    pub async fn list_all<T: DeserializeOwned>(
+    ///
+    /// A page's items are decoded on a blocking thread while the next page is fetched: decoding a
+    /// page of keys costs a good part of fetching it, and one after the other a poll waits for both.
+    /// The cursor is read first from the page's envelope alone.
+    pub async fn list_all<T: DeserializeOwned + Send + 'static>(
         &self,
         endpoint: Endpoint,
         extra_query: &[(&str, &str)],
@@ -394,15 +398,49 @@ impl Session<'_> {
         mut on_page: impl FnMut(Vec<T>) -> Result<(), ApiError>,
     ) -> Result<(), ApiError> {
         let limit = PAGE_LIMIT.to_string();
-        let mut cursor: Option<String> = None;
-        let mut seen_cursors = HashSet::new();
-        for page_number in 1..=MAX_PAGES {
-            let mut query: Vec<(&str, &str)> = vec![("limit", &limit)];
-            query.extend_from_slice(extra_query);
-            if let Some(after_id) = &cursor {
-                query.push(("after_id", after_id));
+        let fetch = |after_id: Option<String>| {
+            let limit = &limit;
+            async move {
+                let mut query: Vec<(&str, &str)> = vec![("limit", limit)];
+                query.extend_from_slice(extra_query);
+                if let Some(after_id) = &after_id {
+                    query.push(("after_id", after_id));
+                }
+                self.get_body(endpoint, &query).await
             }
-            let page: Page<T> = self.get_json(endpoint, &query).await?;
+        };
+        let mut seen_cursors = HashSet::new();
+        let mut fetched = fetch(None).await?;
+        for page_number in 1..=MAX_PAGES {
+            let (body, request_id) = fetched;
+            let envelope: PageCursor = decode(&body, endpoint, request_id.clone(), &self.key)?;
+            let next = envelope.last_id.filter(|_| envelope.has_more);
+            if let Some(next) = &next {
+                self.check_new_cursor(endpoint, &mut seen_cursors, next, page_number)?;
+            }
+            let decoding =
+                tokio::task::spawn_blocking(move || serde_json::from_slice::<Page<T>>(&body));
+            let prefetch = next.filter(|_| page_number < MAX_PAGES);
+            let prefetched = prefetch.is_some();
+            let (decoded, next_page) = tokio::join!(decoding, async {
+                match prefetch {
+                    Some(after_id) => Some(fetch(Some(after_id)).await),
+                    None => None,
+                }
+            });
+            let page = match decoded {
+                Ok(Ok(page)) => page,
+                Ok(Err(error)) => {
+                    return Err(decode_error(&error, endpoint, request_id, &self.key));
+                }
+                Err(_) => {
+                    return Err(ApiError::Decode {
+                        endpoint,
+                        request_id,
+                        detail: "decoding the page failed unexpectedly".to_owned(),
+                    });
+                }
+            };
             tracing::debug!(
                 endpoint = endpoint.label(),
                 page = page_number,
@@ -412,22 +450,28 @@ impl Session<'_> {
             );
             // NB: the reference documents `last_id`; when it is missing the last item's id is the same
             // cursor, which is what the SDKs would have to fall back to as well.
-            let next = page
-                .last_id
-                .clone()
-                .or_else(|| page.data.last().map(|item| id_of(item).to_owned()));
+            let fallback = match (page.has_more, prefetched) {
+                (true, false) => page.data.last().map(|item| id_of(item).to_owned()),
+                _ => None,
+            };
             on_page(page.data)?;
             if !page.has_more {
                 return Ok(());
             }
-            let Some(next) = next else {
-                return Err(ApiError::Pagination {
-                    endpoint,
-                    detail: format!("page {page_number} says has_more but gives no cursor"),
-                });
+            fetched = match next_page {
+                Some(next_page) => next_page?,
+                None if page_number == MAX_PAGES => break,
+                None => {
+                    let Some(next) = fallback else {
+                        return Err(ApiError::Pagination {
+                            endpoint,
+                            detail: format!("page {page_number} says has_more but gives no cursor"),
+                        });
+                    };
+                    self.check_new_cursor(endpoint, &mut seen_cursors, &next, page_number)?;
+                    fetch(Some(next)).await?
+                }
             };
-            self.check_new_cursor(endpoint, &mut seen_cursors, &next, page_number)?;
-            cursor = Some(next);
         }
         Err(too_many_pages(endpoint))
     }
@@ -484,18 +528,28 @@ impl Session<'_> {
         })
     }
 
-    /// One logical request: retried on transient failures with the SDKs' backoff, as long as the retry
-    /// still fits before the deadline.
+    /// One logical request, decoded.
     pub async fn get_json<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         query: &[(&str, &str)],
     ) -> Result<T, ApiError> {
+        let (body, request_id) = self.get_body(endpoint, query).await?;
+        decode(&body, endpoint, request_id, &self.key)
+    }
+
+    /// One logical request: retried on transient failures with the SDKs' backoff, as long as the retry
+    /// still fits before the deadline. The body and the request id.
+    async fn get_body(
+        &self,
+        endpoint: Endpoint,
+        query: &[(&str, &str)],
+    ) -> Result<(Vec<u8>, Option<String>), ApiError> {
         let policy = self.client.inner.settings.retry;
         let mut retry = 0;
         loop {
             let failure = match self.send_once(endpoint, query).await {
-                Ok((body, request_id)) => return decode(&body, endpoint, request_id, &self.key),
+                Ok(fetched) => return Ok(fetched),
                 Err(failure) => failure,
             };
             if !failure.retryable || retry >= policy.max_retries {
@@ -716,11 +770,20 @@ fn decode<T: DeserializeOwned>(
     request_id: Option<String>,
     key: &AdminKey,
 ) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|error| ApiError::Decode {
+    serde_json::from_slice(body).map_err(|error| decode_error(&error, endpoint, request_id, key))
+}
+
+fn decode_error(
+    error: &serde_json::Error,
+    endpoint: Endpoint,
+    request_id: Option<String>,
+    key: &AdminKey,
+) -> ApiError {
+    ApiError::Decode {
         endpoint,
         request_id,
         detail: clean_upstream_text(&format!("invalid JSON: {error}"), key),
-    })
+    }
 }
 
 enum BodyError {

@@ -2,6 +2,8 @@
 //! ignored, and every field that the API documents as nullable or added later may be absent or null.
 
 use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// One page of a cursor-paginated list (`data`, `has_more`, `last_id`).
 #[derive(Debug, Deserialize)]
@@ -15,18 +17,31 @@ pub struct Page<T> {
     pub last_id: Option<String>,
 }
 
+/// What following a cursor-paginated list needs of a page, read with its items skipped over, so that
+/// the next page can be requested before this one's items are decoded.
+#[derive(Debug, Deserialize)]
+pub struct PageCursor {
+    /// Required, as in [`Page`].
+    #[serde(rename = "data")]
+    _items: serde::de::IgnoredAny,
+    #[serde(default)]
+    pub has_more: bool,
+    #[serde(default)]
+    pub last_id: Option<String>,
+}
+
 /// An API key as `GET /v1/organizations/api_keys` returns it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiKey {
     pub id: String,
     #[serde(default)]
     pub name: Option<String>,
-    pub created_at: String,
+    pub created_at: Time,
     #[serde(default)]
     pub created_by: Option<Actor>,
     /// `None` means the key never expires.
     #[serde(default)]
-    pub expires_at: Option<String>,
+    pub expires_at: Option<Time>,
     #[serde(default)]
     pub status: Option<String>,
     /// Deprecated by the API in favour of `scope`, but still sent; null both for Default-workspace keys
@@ -35,6 +50,44 @@ pub struct ApiKey {
     pub workspace_id: Option<String>,
     #[serde(default)]
     pub scope: Option<Scope>,
+}
+
+/// An RFC 3339 time, parsed as it is decoded, so that a listing of many keys keeps no text of them.
+/// A value that does not parse is kept (cut to 100 characters) for the error that names its key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Time {
+    /// Unix seconds.
+    Unix(f64),
+    Invalid(String),
+}
+
+impl Time {
+    pub fn parse(value: &str) -> Self {
+        match OffsetDateTime::parse(value, &Rfc3339) {
+            Ok(at) => Self::Unix(at.unix_timestamp_nanos() as f64 / 1e9),
+            Err(_) => Self::Invalid(value.chars().take(100).collect()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Time {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TimeVisitor;
+
+        impl serde::de::Visitor<'_> for TimeVisitor {
+            type Value = Time;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an RFC 3339 time")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Time, E> {
+                Ok(Time::parse(value))
+            }
+        }
+
+        deserializer.deserialize_str(TimeVisitor)
+    }
 }
 
 /// Who created a key. Both fields are typed loosely because older API versions sent free text.
@@ -174,6 +227,18 @@ mod tests {
         )
         .unwrap();
         assert!(key.expires_at.is_none() && key.scope.is_none() && key.workspace_id.is_none());
+        assert_eq!(key.created_at, Time::Unix(1_730_332_707.427_722));
+    }
+
+    #[test]
+    fn a_time_that_is_not_rfc_3339_is_kept_for_the_error_and_a_number_is_refused() {
+        let key: ApiKey = serde_json::from_str(
+            r#"{"id":"k","created_at":"2024-10-30T23:58:27Z","expires_at":"tomorrow"}"#,
+        )
+        .unwrap();
+        assert_eq!(key.created_at, Time::Unix(1_730_332_707.0));
+        assert_eq!(key.expires_at, Some(Time::Invalid("tomorrow".into())));
+        assert!(serde_json::from_str::<ApiKey>(r#"{"id":"k","created_at":1730332707}"#).is_err());
     }
 
     #[test]

@@ -1,16 +1,14 @@
 //! `api_keys`: the key inventory (`GET /v1/organizations/api_keys`, every page, every status). Its
 //! success is what `anthropic_up` reports.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::{LastGood, Source, SourceKind, Update};
-use crate::admin_api::model::ApiKey;
+use crate::admin_api::model::{ApiKey, Time};
 use crate::admin_api::{ApiError, Endpoint, Session};
 
 /// The status of a key. Statuses the exporter does not know yet are kept as `Unknown` rather than
@@ -119,7 +117,8 @@ impl Source for ApiKeysSource {
 /// Collects a listing page by page into an [`Inventory`].
 #[derive(Debug, Default)]
 pub struct InventoryBuilder {
-    by_id: HashMap<String, InventoryKey>,
+    /// In listing order; a key listed twice is in it twice until [`InventoryBuilder::finish`].
+    keys: Vec<InventoryKey>,
     unknown_statuses: BTreeSet<String>,
 }
 
@@ -131,16 +130,19 @@ impl InventoryBuilder {
                 self.unknown_statuses
                     .insert(key.status.clone().unwrap_or_else(|| "(none)".to_owned()));
             }
-            let parsed = InventoryKey::from_api(key)?;
-            // NB: a key listed twice (the list moved under the cursor) must still be one series.
-            self.by_id.insert(parsed.id.clone(), parsed);
+            self.keys.push(InventoryKey::from_api(key)?);
         }
         Ok(())
     }
 
     pub fn finish(self) -> Inventory {
-        let mut keys: Vec<InventoryKey> = self.by_id.into_values().collect();
+        let mut keys = self.keys;
+        // NB: a key listed twice (the list moved under the cursor) must still be one series: the
+        // later listing wins, and a stable sort keeps it after the earlier one.
         keys.sort_by(|a, b| a.id.cmp(&b.id));
+        keys.reverse();
+        keys.dedup_by(|earlier_listing, later_listing| earlier_listing.id == later_listing.id);
+        keys.reverse();
         Inventory {
             keys,
             unknown_statuses: self.unknown_statuses,
@@ -152,11 +154,11 @@ impl InventoryKey {
     /// Fails (as a decode error) only when a key carries a timestamp that is not RFC 3339: silently
     /// dropping an expiry would hide exactly what we alert on.
     pub fn from_api(key: ApiKey) -> Result<Self, ApiError> {
-        let created_at = parse_key_time(&key.id, "created_at", &key.created_at)?;
+        let created_at = key_time(&key.id, "created_at", &key.created_at)?;
         let expires_at = key
             .expires_at
-            .as_deref()
-            .map(|value| parse_key_time(&key.id, "expires_at", value))
+            .as_ref()
+            .map(|value| key_time(&key.id, "expires_at", value))
             .transpose()?;
         let scope = key.scope.as_ref();
         let workspace = if scope.and_then(|scope| scope.kind.as_deref()) == Some("organization") {
@@ -188,19 +190,72 @@ impl InventoryKey {
 /// Unix seconds of the RFC 3339 time `value`, or a decode error naming `what` (the key and field, or
 /// the bucket) and the value.
 pub(crate) fn parse_time(endpoint: Endpoint, what: &str, value: &str) -> Result<f64, ApiError> {
-    OffsetDateTime::parse(value, &Rfc3339)
-        .map(|at| at.unix_timestamp_nanos() as f64 / 1e9)
-        .map_err(|_| ApiError::Decode {
-            endpoint,
-            request_id: None,
-            detail: format!(
-                "{what} {:?} is not an RFC 3339 time",
-                value.chars().take(100).collect::<String>()
-            ),
-        })
+    seconds_or_decode_error(endpoint, what, &Time::parse(value))
 }
 
-fn parse_key_time(key_id: &str, field: &str, value: &str) -> Result<f64, ApiError> {
+fn seconds_or_decode_error(endpoint: Endpoint, what: &str, value: &Time) -> Result<f64, ApiError> {
+    match value {
+        Time::Unix(seconds) => Ok(*seconds),
+        Time::Invalid(value) => Err(ApiError::Decode {
+            endpoint,
+            request_id: None,
+            detail: format!("{what} {value:?} is not an RFC 3339 time"),
+        }),
+    }
+}
+
+fn key_time(key_id: &str, field: &str, value: &Time) -> Result<f64, ApiError> {
+    if let Time::Unix(seconds) = value {
+        return Ok(*seconds);
+    }
+    // NB: the key is named only once a time is bad: formatting it for every key cost more than
+    // decoding the key.
     let key: String = key_id.chars().take(100).collect();
-    parse_time(Endpoint::ApiKeys, &format!("key {key}: {field}"), value)
+    seconds_or_decode_error(Endpoint::ApiKeys, &format!("key {key}: {field}"), value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, name: &str) -> ApiKey {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "created_at": "2025-01-01T00:00:00Z", "status": "active",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_key_listed_twice_is_one_key_as_its_later_listing_says_and_keys_come_sorted() {
+        let mut inventory = InventoryBuilder::default();
+        inventory
+            .add(vec![key("k3", "old"), key("k1", "one"), key("k2", "two")])
+            .unwrap();
+        // The list moved under the cursor: k3 comes again, renamed, and k2 again, unchanged.
+        inventory
+            .add(vec![key("k2", "two"), key("k3", "new"), key("k0", "zero")])
+            .unwrap();
+
+        let keys = inventory.finish().keys;
+        let listed: Vec<(&str, &str)> = keys
+            .iter()
+            .map(|key| (key.id.as_str(), key.name.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [("k0", "zero"), ("k1", "one"), ("k2", "two"), ("k3", "new")]
+        );
+    }
+
+    #[test]
+    fn a_bad_time_names_the_key_and_the_field() {
+        let mut bad = key("k1", "one");
+        bad.expires_at = Some(Time::Invalid("next tuesday".into()));
+        let error = InventoryBuilder::default().add(vec![bad]).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("key k1: expires_at") && message.contains("next tuesday"),
+            "{message}"
+        );
+    }
 }

@@ -85,6 +85,42 @@ async fn a_repeated_cursor_fails_the_poll_instead_of_looping() {
 }
 
 #[tokio::test]
+async fn pages_without_last_id_are_followed_from_their_last_key() {
+    // Arrange: neither page says `last_id`; the second answers only `after_id` = the first's last key.
+    let server = MockServer::start().await;
+    mount_organization(&server, "org-uuid-1", "Acme Corp").await;
+    mount_workspaces(&server, &[]).await;
+    Mock::given(method("GET"))
+        .and(path(KEYS_PATH))
+        .and(query_param("after_id", "apikey_b"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"data": [KeyFixture::new("apikey_c").json()], "has_more": false}),
+        ))
+        .expect(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(KEYS_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "data": [KeyFixture::new("apikey_a").json(), KeyFixture::new("apikey_b").json()],
+            "has_more": true
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    // Act
+    let app = spawn_app(server).await;
+    let metrics = app.wait_for_first_poll().await;
+
+    // Assert
+    assert_eq!(metrics.value("anthropic_up", &[]), Some(1.0));
+    assert_eq!(metrics.find("anthropic_api_key_info", &[]).len(), 3);
+    app.admin_api.verify().await;
+}
+
+#[tokio::test]
 async fn has_more_without_any_cursor_fails_the_poll() {
     // Arrange
     let server = organization_answering_keys_with(
