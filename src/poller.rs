@@ -270,10 +270,14 @@ fn next_start(epoch: Instant, last_start: Instant, interval: Duration, phase: Du
 #[derive(Debug, Default)]
 pub struct PollerHealth {
     organizations: Mutex<HashMap<String, Liveness>>,
+    /// Tells the pollers of one organization apart across restarts.
+    started: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
 struct Liveness {
+    /// Which start of the organization's poller this is about.
+    generation: u64,
     running: bool,
     /// When the last key-inventory poll finished, or when the poller started.
     last_finished: Instant,
@@ -285,9 +289,13 @@ impl PollerHealth {
     /// Marks an organization's poller as running until the returned guard is dropped, which also
     /// happens when the poller's task panics or is aborted.
     pub fn track(self: &Arc<Self>, organization: &str, allowed: Duration) -> RunningPoller {
+        let generation = self
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.lock().insert(
             organization.to_owned(),
             Liveness {
+                generation,
                 running: true,
                 last_finished: Instant::now(),
                 allowed,
@@ -296,6 +304,7 @@ impl PollerHealth {
         RunningPoller {
             health: Arc::clone(self),
             organization: organization.to_owned(),
+            generation,
         }
     }
 
@@ -340,11 +349,16 @@ impl PollerHealth {
 pub struct RunningPoller {
     health: Arc<PollerHealth>,
     organization: String,
+    generation: u64,
 }
 
 impl Drop for RunningPoller {
     fn drop(&mut self) {
-        if let Some(liveness) = self.health.lock().get_mut(&self.organization) {
+        // NB: an aborted poller's task may be dropped after its organization was restarted: its
+        // guard must not mark the new poller as stopped.
+        if let Some(liveness) = self.health.lock().get_mut(&self.organization)
+            && liveness.generation == self.generation
+        {
             liveness.running = false;
         }
     }
@@ -375,6 +389,19 @@ mod tests {
             ["b"],
             "no poll finished within its allowance"
         );
+    }
+
+    #[test]
+    fn the_guard_of_a_replaced_poller_dropped_late_does_not_mark_the_new_one_stopped() {
+        let health = Arc::new(PollerHealth::default());
+        let aborted = health.track("a", Duration::from_secs(3600));
+        // Restarted before the aborted task was dropped.
+        health.untrack("a");
+        let restarted = health.track("a", Duration::from_secs(3600));
+        drop(aborted);
+        assert!(health.all_running(), "{:?}", health.problems());
+        drop(restarted);
+        assert_eq!(health.problems(), ["a"]);
     }
 
     #[test]
