@@ -20,6 +20,9 @@ const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 /// A final, empty block with fixed Huffman codes: ends the deflate data after the last sync flush.
 const FINAL_EMPTY_BLOCK: [u8; 2] = [0x03, 0x00];
 
+/// The largest stored deflate block.
+const STORED_BLOCK: usize = u16::MAX as usize;
+
 /// Text is handed to the compressor in pieces of about this size, so that a part is never held
 /// uncompressed in full while it is written.
 const PIECE: usize = 64 * 1024;
@@ -37,6 +40,28 @@ impl Deflated {
         let mut writer = PartWriter::new(level);
         writer.write_bytes(text);
         writer.finish()
+    }
+
+    /// `text` as stored (uncompressed) deflate blocks, which need no compressor: for the few
+    /// kilobytes computed per scrape, preparing a compressor (clearing its tables) cost more than
+    /// the bytes compression would save.
+    pub(crate) fn stored(text: &[u8]) -> Self {
+        let mut crc = Crc::new();
+        crc.update(text);
+        let mut bytes = Vec::with_capacity(text.len() + text.len() / STORED_BLOCK * 5 + 5);
+        for block in text.chunks(STORED_BLOCK) {
+            // NB: the parts before end byte-aligned (a sync flush), so the block header's three bits
+            // (not final, stored) and its padding make one zero byte.
+            let len = block.len() as u16;
+            bytes.push(0);
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(&(!len).to_le_bytes());
+            bytes.extend_from_slice(block);
+        }
+        Self {
+            bytes: Bytes::from(bytes),
+            crc,
+        }
     }
 
     /// The length of the text this part holds.
@@ -239,13 +264,13 @@ impl Body {
         }
     }
 
-    /// Appends text computed for this response only.
+    /// Appends text computed for this response only, stored rather than compressed.
     pub(crate) fn push_text(&mut self, text: Bytes) {
         match self {
             Self::Plain(chunks) => chunks.push(text),
             Self::Gzip { .. } => {
-                let deflated = Deflated::new(&text, PER_SCRAPE);
-                self.push(&text, &deflated);
+                let stored = Deflated::stored(&text);
+                self.push(&text, &stored);
             }
         }
     }
@@ -294,6 +319,31 @@ mod tests {
         let mut expected: Vec<u8> = parts.concat();
         expected.extend_from_slice(b"end\n");
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn stored_parts_between_compressed_ones_read_back_as_one_gzip_member() {
+        // Empty, one block, and more than one block of text.
+        let long: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+        let mut body = Body::gzip();
+        let mut expected = Vec::new();
+        for (index, text) in [&b""[..], b"own 1\n", &long, b"tail\n"]
+            .into_iter()
+            .enumerate()
+        {
+            let compressed = format!("# family {index}\n");
+            body.push_deflated(&Deflated::new(compressed.as_bytes(), AT_PUBLISH));
+            body.push_text(Bytes::copy_from_slice(text));
+            expected.extend_from_slice(compressed.as_bytes());
+            expected.extend_from_slice(text);
+        }
+        let stream = body.finish().concat();
+        let mut text = Vec::new();
+        flate2::read::GzDecoder::new(&stream[..])
+            .read_to_end(&mut text)
+            .unwrap();
+        assert_eq!(text, expected);
+        assert_eq!(Deflated::stored(&long).inflate(), long);
     }
 
     #[test]

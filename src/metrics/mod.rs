@@ -5,6 +5,8 @@
 mod api_keys;
 mod exporter;
 mod gzip;
+#[cfg(target_os = "linux")]
+mod process;
 mod store;
 mod text;
 
@@ -34,9 +36,7 @@ impl Exposition {
         let registry = Registry::new();
         exporter_metrics.register(&registry)?;
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        registry.register(Box::new(process::OncePerSecond::for_self()))?;
         Ok(Self {
             registry,
             health: exporter_metrics.clone(),
