@@ -332,8 +332,12 @@ impl RenderedOrganization {
         Arc::clone(
             plain
                 .families
-                .get_or_insert_with(|| self.gzipped.iter().map(gzip::Deflated::inflate).collect()),
+                .get_or_insert_with(|| self.inflate_families()),
         )
+    }
+
+    fn inflate_families(&self) -> Arc<[Bytes]> {
+        self.gzipped.iter().map(gzip::Deflated::inflate).collect()
     }
 
     /// Inflates the text now if scrapes without gzip were using `previous`'s, the snapshot this one
@@ -347,7 +351,7 @@ impl RenderedOrganization {
                 _ => return,
             }
         };
-        let families = self.gzipped.iter().map(gzip::Deflated::inflate).collect();
+        let families = self.inflate_families();
         let mut plain = lock(&self.plain);
         plain.families = Some(families);
         plain.last_used = Some(last_used);

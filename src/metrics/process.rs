@@ -31,9 +31,7 @@ impl Collector for OncePerSecond {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since_epoch| since_epoch.as_secs());
+        let second = super::unix_now().floor() as u64;
         let mut last = super::lock(&self.last);
         if let Some((read_at, families)) = last.as_ref()
             && *read_at == second
