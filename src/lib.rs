@@ -18,6 +18,7 @@ pub mod sharding;
 pub mod snapshot;
 pub mod sources;
 pub mod telemetry;
+pub mod zero_copy;
 
 /// The version of this build, as `anthropic_exporter_build_info` and the `User-Agent` report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -152,7 +152,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let mut stream = TimeoutStream::new(stream);
+        let mut stream = TimeoutStream::new(crate::zero_copy::Stream::new(stream));
         stream.set_write_timeout(Some(limits.write_timeout));
         let stream = Box::pin(stream);
         let service = TowerToHyperService::new(service);

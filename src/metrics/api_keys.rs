@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::text::{write_sample, write_series, write_value};
 use super::{gzip, lock};
 use crate::snapshot::{KeyRecord, Snapshot};
+use crate::zero_copy;
 
 #[cfg(test)]
 const CACHED: &str = "Cached from the last successful background poll of the Admin API.";
@@ -337,7 +338,9 @@ impl RenderedOrganization {
     }
 
     fn inflate_families(&self) -> Arc<[Bytes]> {
-        self.gzipped.iter().map(gzip::Deflated::inflate).collect()
+        let len = self.gzipped.iter().map(gzip::Deflated::text_len).sum();
+        let inflated = || self.gzipped.iter().map(gzip::Deflated::inflate);
+        zero_copy::share(len, inflated()).map_or_else(|| inflated().collect(), Arc::from)
     }
 
     /// Inflates the text now if scrapes without gzip were using `previous`'s, the snapshot this one
@@ -413,7 +416,9 @@ impl RenderedOrganization {
             let plain = cached.plain.get_or_insert_with(|| {
                 let mut text = String::with_capacity(self.expires_in.text_len());
                 self.expires_in.write(now, &mut text);
-                Bytes::from(text)
+                zero_copy::share(text.len(), [&text])
+                    .and_then(|mut shared| shared.pop())
+                    .unwrap_or_else(|| Bytes::from(text))
             });
             body.push_plain(plain);
         }

@@ -478,6 +478,55 @@ async fn keys_that_disappear_vanish_at_the_next_successful_poll() {
 }
 
 #[tokio::test]
+async fn a_large_plain_body_is_sent_from_a_memory_file_and_reads_as_the_gzip_body() {
+    // Arrange: enough keys that the families' text is mapped rather than kept on the heap.
+    let keys: Vec<Value> = (0..4000)
+        .map(|i| KeyFixture::new(&format!("apikey_{i:05}")).json())
+        .collect();
+    let server = MockServer::start().await;
+    mount_simple_organization(&server, &keys).await;
+    let app = spawn_app(server).await;
+    app.wait_for_first_poll().await;
+    let sent_before = anthropic_keys_exporter::zero_copy::sent_from_files();
+
+    // Act
+    let plain = app.get("/metrics").await.text().await.unwrap();
+    let sent = anthropic_keys_exporter::zero_copy::sent_from_files() - sent_before;
+    let gzipped = app
+        .http
+        .get(app.url("/metrics"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+
+    // Assert
+    assert!(
+        sent as usize > plain.len() / 2,
+        "{sent} of {} bytes went out from a memory file",
+        plain.len()
+    );
+    assert_eq!(
+        plain.matches("anthropic_api_key_info{").count(),
+        keys.len(),
+        "every key"
+    );
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gzipped[..]), &mut text)
+        .unwrap();
+    let stable = |body: &str| -> Vec<String> {
+        body.lines()
+            .filter(|line| !line.contains("process_") && !line.contains("api_requests_total"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(stable(&text) == stable(&plain), "the same text either way");
+}
+
+#[tokio::test]
 async fn metrics_are_gzipped_when_the_scraper_asks() {
     // Arrange
     let server = MockServer::start().await;
