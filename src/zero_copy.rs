@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 
 /// Texts shorter than this stay on the heap: each mapping holds a file descriptor, and below this the
 /// copy costs less than the system calls saved.
-pub const MIN_SHARED_LEN: usize = 1 << 20;
+const MIN_SHARED_LEN: usize = 1 << 20;
 
 /// Slices shorter than this are written (copied) with the others around them, in one `writev`;
 /// sending each with its own `sendfile` would cost more calls than the copy.
@@ -45,7 +45,8 @@ pub fn sent_from_files() -> u64 {
 /// `parts` written into one memory file and mapped, one [`Bytes`] per part; `None` if they are too
 /// short together to be worth it or the file cannot be made, and the caller keeps them on the heap.
 ///
-/// Parts are produced and written one at a time, so that only one is on the heap at once.
+/// `len` is their total length, known before they are produced: they are produced and written one
+/// at a time, so that only one is on the heap at once.
 pub fn share<I>(len: usize, parts: I) -> Option<Vec<Bytes>>
 where
     I: IntoIterator,
@@ -370,6 +371,46 @@ mod tests {
             sent_from_files() - sent_before >= (text.len() - 5) as u64,
             "the long slice went out from the file"
         );
+    }
+
+    #[tokio::test]
+    async fn a_text_dropped_while_its_bytes_are_in_flight_still_arrives_as_it_was() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        // Arrange: a slice short enough to sit in the socket buffers with nobody reading.
+        let text: Vec<u8> = (0..MIN_SHARED_LEN).map(|i| (i % 241) as u8).collect();
+        let slice_len = 192 * 1024;
+        let shared = share(text.len(), [&text]).unwrap().pop().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let mut client = client.unwrap();
+        let mut server = Stream::new(accepted.unwrap().0);
+        let sent_before = sent_from_files();
+
+        // Act: send, drop the text and its file, and map others over where it was, before reading.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            server.write_all(&shared[..slice_len]),
+        )
+        .await
+        .expect("the slice fits in the socket buffers")
+        .unwrap();
+        drop(shared);
+        let others: Vec<_> = (0..4)
+            .map(|_| share(text.len(), [vec![0xff; text.len()]]).unwrap())
+            .collect();
+        server.shutdown().await.unwrap();
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+
+        // Assert
+        assert!(sent_from_files() - sent_before >= slice_len as u64);
+        assert!(
+            received[..] == text[..slice_len],
+            "what was sent is what arrives"
+        );
+        drop(others);
     }
 
     #[test]
