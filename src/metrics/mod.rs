@@ -87,6 +87,7 @@ fn push_families<P>(
     has_series: impl Fn(&P, usize) -> bool,
     mut push_part: impl FnMut(&mut gzip::Body, &P, usize),
 ) {
+    body.reserve(headers.len() * (organizations.len() + 1));
     for (index, (plain_header, deflated_header)) in headers.iter().enumerate() {
         if !organizations
             .iter()
