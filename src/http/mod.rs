@@ -214,6 +214,9 @@ fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
         })
 }
 
+/// From this many organizations on, a scrape is rendered on a blocking thread (see [`metrics`]).
+const RENDER_APART_FROM_ORGANIZATIONS: usize = 50;
+
 async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     let encoding = match accepts_gzip(&headers) {
         true => Encoding::Gzip,
@@ -221,8 +224,30 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
     };
     // NB: rendered on the async worker: a scrape only copies reference-counted parts and computes the
     // exporter's own metrics (the key series were rendered and compressed when published), and a
-    // blocking thread per concurrent scrape would cost a stack and a malloc arena each.
-    match state.exposition.render_encoded(encoding) {
+    // blocking thread per concurrent scrape would cost a stack and a malloc arena each. Except with
+    // many organizations: then a scrape joins thousands of parts, milliseconds of CPU, and on the
+    // async workers concurrent scrapes would hold up the health probes queued behind them.
+    let rendered = if state.store.organization_count() >= RENDER_APART_FROM_ORGANIZATIONS {
+        // NB: one rendering per CPU at a time; more would only share the CPUs with the probes.
+        static RENDERING: std::sync::LazyLock<tokio::sync::Semaphore> =
+            std::sync::LazyLock::new(|| {
+                tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+                )
+            });
+        let _rendering = RENDERING.acquire().await;
+        let exposition = state.exposition.clone();
+        tokio::task::spawn_blocking(move || exposition.render_encoded(encoding))
+            .await
+            .unwrap_or_else(|error| {
+                Err(prometheus::Error::Msg(format!(
+                    "the rendering thread failed: {error}"
+                )))
+            })
+    } else {
+        state.exposition.render_encoded(encoding)
+    };
+    match rendered {
         Ok(chunks) => {
             let mut response = (
                 [

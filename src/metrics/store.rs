@@ -68,6 +68,11 @@ impl SnapshotStore {
     }
 
     /// Every organization's rendered snapshot, in name order.
+    /// How many organizations the store holds, published or not.
+    pub fn organization_count(&self) -> usize {
+        self.read().len()
+    }
+
     pub fn all(&self) -> Vec<Arc<RenderedOrganization>> {
         self.read()
             .values()
