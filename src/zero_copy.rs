@@ -160,10 +160,12 @@ impl AsyncWrite for Stream {
         {
             return this.poll_send_file(cx, file, offset, first.len());
         }
+        // NB: up to the next slice that is sent from a file; the first is known not to be.
         let copied = rest
             .iter()
+            .skip(1)
             .position(|buf| find(&mappings, buf).is_some())
-            .unwrap_or(rest.len());
+            .map_or(rest.len(), |index| index + 1);
         Pin::new(&mut this.tcp).poll_write_vectored(cx, &rest[..copied])
     }
 
@@ -300,7 +302,8 @@ mod imp {
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
+#[cfg(target_os = "linux")]
 mod tests {
     use super::*;
 
@@ -336,6 +339,14 @@ mod tests {
         );
     }
 
+    /// A client and, accepted from it, the server side as a [`Stream`].
+    async fn connected() -> (TcpStream, Stream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), Stream::new(accepted.unwrap().0))
+    }
+
     #[tokio::test]
     async fn a_stream_sends_mapped_slices_from_their_file_and_the_rest_as_written() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -343,11 +354,7 @@ mod tests {
         // Arrange: a text several times a socket buffer, so that sending it blocks and resumes.
         let text: Vec<u8> = (0..8 * MIN_SHARED_LEN).map(|i| (i % 251) as u8).collect();
         let shared = share(text.len(), [&text]).unwrap().pop().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
-        let (client, accepted) = tokio::join!(client, listener.accept());
-        let mut client = client.unwrap();
-        let mut server = Stream::new(accepted.unwrap().0);
+        let (mut client, mut server) = connected().await;
         let sent_before = sent_from_files();
 
         // Act
@@ -381,11 +388,7 @@ mod tests {
         let text: Vec<u8> = (0..MIN_SHARED_LEN).map(|i| (i % 241) as u8).collect();
         let slice_len = 192 * 1024;
         let shared = share(text.len(), [&text]).unwrap().pop().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
-        let (client, accepted) = tokio::join!(client, listener.accept());
-        let mut client = client.unwrap();
-        let mut server = Stream::new(accepted.unwrap().0);
+        let (mut client, mut server) = connected().await;
         let sent_before = sent_from_files();
 
         // Act: send, drop the text and its file, and map others over where it was, before reading.

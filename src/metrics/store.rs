@@ -67,12 +67,12 @@ impl SnapshotStore {
             .and_then(|entry| entry.rendered.clone())
     }
 
-    /// Every organization's rendered snapshot, in name order.
     /// How many organizations the store holds, published or not.
     pub fn organization_count(&self) -> usize {
         self.read().len()
     }
 
+    /// Every organization's rendered snapshot, in name order.
     pub fn all(&self) -> Vec<Arc<RenderedOrganization>> {
         self.read()
             .values()

@@ -138,11 +138,11 @@ impl InventoryBuilder {
     pub fn finish(self) -> Inventory {
         let mut keys = self.keys;
         // NB: a key listed twice (the list moved under the cursor) must still be one series: the
-        // later listing wins, and a stable sort keeps it after the earlier one.
+        // later listing wins. Reversed, the latest listing of an id comes first; the sort is stable
+        // and `dedup_by` keeps the first of a run.
+        keys.reverse();
         keys.sort_by(|a, b| a.id.cmp(&b.id));
-        keys.reverse();
         keys.dedup_by(|earlier_listing, later_listing| earlier_listing.id == later_listing.id);
-        keys.reverse();
         Inventory {
             keys,
             unknown_statuses: self.unknown_statuses,
