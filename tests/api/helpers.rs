@@ -75,6 +75,16 @@ impl TestApp {
         self.exporter.get(&self.http, path).await
     }
 
+    /// `GET path` asking for gzip, as Prometheus does.
+    pub(crate) async fn get_gzip(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub(crate) async fn metrics_text(&self) -> String {
         self.exporter.scrape(&self.http).await
     }

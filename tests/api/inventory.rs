@@ -492,16 +492,7 @@ async fn a_large_plain_body_is_sent_from_a_memory_file_and_reads_as_the_gzip_bod
     // Act
     let plain = app.get("/metrics").await.text().await.unwrap();
     let sent = anthropic_keys_exporter::zero_copy::sent_from_files() - sent_before;
-    let gzipped = app
-        .http
-        .get(app.url("/metrics"))
-        .header("accept-encoding", "gzip")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let gzipped = app.get_gzip("/metrics").await.bytes().await.unwrap();
 
     // Assert
     assert!(
@@ -514,16 +505,27 @@ async fn a_large_plain_body_is_sent_from_a_memory_file_and_reads_as_the_gzip_bod
         keys.len(),
         "every key"
     );
+    assert!(
+        stable_lines(&gunzip(&gzipped)) == stable_lines(&plain),
+        "the same text either way"
+    );
+}
+
+/// The text of a gzip body, read with flate2.
+fn gunzip(gzipped: &[u8]) -> String {
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gzipped[..]), &mut text)
-        .unwrap();
-    let stable = |body: &str| -> Vec<String> {
-        body.lines()
-            .filter(|line| !line.contains("process_") && !line.contains("api_requests_total"))
-            .map(str::to_owned)
-            .collect()
-    };
-    assert!(stable(&text) == stable(&plain), "the same text either way");
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gzipped), &mut text).unwrap();
+    text
+}
+
+/// A body without the exporter's own, ever-changing process metrics and request counts: what two
+/// scrapes of the same snapshot share.
+fn stable_lines(body: &str) -> String {
+    body.lines()
+        .filter(|line| !line.starts_with("process_") && !line.contains(" process_"))
+        .filter(|line| !line.starts_with("anthropic_exporter_api_requests_total"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test]
@@ -535,13 +537,7 @@ async fn metrics_are_gzipped_when_the_scraper_asks() {
     app.wait_for_first_poll().await;
 
     // Act
-    let response = app
-        .http
-        .get(app.url("/metrics"))
-        .header("accept-encoding", "gzip")
-        .send()
-        .await
-        .unwrap();
+    let response = app.get_gzip("/metrics").await;
 
     // Assert
     assert_eq!(response.headers()["content-encoding"], "gzip");
@@ -561,12 +557,7 @@ async fn metrics_are_gzipped_when_the_scraper_asks() {
     let compressed = response.bytes().await.unwrap();
     assert_eq!(compressed.len(), length);
     // NB: the body is assembled from parts compressed at different times; every reader must see all.
-    let mut text = String::new();
-    std::io::Read::read_to_string(
-        &mut flate2::read::GzDecoder::new(&compressed[..]),
-        &mut text,
-    )
-    .unwrap();
+    let text = gunzip(&compressed);
     assert!(text.contains("anthropic_api_key_info{"), "{text}");
     let python = std::process::Command::new("python3")
         .args([
@@ -599,24 +590,20 @@ async fn metrics_are_gzipped_when_the_scraper_asks() {
     let plain = plain.text().await.unwrap();
     assert_eq!(plain.len().to_string(), plain_length);
 
-    // Everything but the exporter's own, ever-changing process metrics is the same body.
-    let stable = |body: &str| -> String {
-        body.lines()
-            .filter(|line| !line.starts_with("process_") && !line.contains(" process_"))
-            .filter(|line| !line.starts_with("anthropic_exporter_api_requests_total"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    assert_eq!(stable(&text), stable(&plain), "flate2 reads every member");
     assert_eq!(
-        stable(&String::from_utf8_lossy(&by_python.stdout)),
-        stable(&plain),
+        stable_lines(&text),
+        stable_lines(&plain),
+        "flate2 reads every member"
+    );
+    assert_eq!(
+        stable_lines(&String::from_utf8_lossy(&by_python.stdout)),
+        stable_lines(&plain),
         "Python's gzip module reads every member"
     );
     assert!(curl.status.success());
     assert_eq!(
-        stable(&String::from_utf8_lossy(&curl.stdout)),
-        stable(&plain),
+        stable_lines(&String::from_utf8_lossy(&curl.stdout)),
+        stable_lines(&plain),
         "curl --compressed reads every member"
     );
 }
