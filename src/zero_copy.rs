@@ -9,9 +9,9 @@
 //! connection under hyper, recognises a slice of such a mapping when hyper writes it and moves
 //! references to its pages through a pipe into the socket.
 //!
-//! A mapping of 2 MiB or more asks for transparent huge pages: a socket buffer of 2 MiB pages costs
-//! the receiver less to copy out than one of 4 KiB pages, and a memory file (as with `sendfile`) is
-//! looked up and referenced page by page. On one loopback connection sending 10 MB bodies, sender and
+//! A mapping asks for transparent huge pages for every whole 2 MiB its text fills: a socket buffer of
+//! 2 MiB pages costs the receiver less to copy out than one of 4 KiB pages, and a memory file (as with
+//! `sendfile`) is looked up and referenced page by page. On one loopback connection sending 10 MB bodies, sender and
 //! receiver together spent 4.2 ms per body this way against 6.6 ms with `sendfile` of an ext4 file.
 //!
 //! Safe because the pages never change: a mapping is read-only from the moment it is listed and is
@@ -274,8 +274,7 @@ mod imp {
 
     use super::MAPPINGS;
 
-    /// Texts at least this long are mapped in whole 2 MiB pages, so that the kernel places them where
-    /// huge pages fit; shorter ones would waste most of one.
+    /// The size of a transparent huge page on x86-64 and most arm64 kernels.
     const HUGE_PAGE: usize = 2 << 20;
 
     /// What a connection's pipe holds at most: references to 256 pages, not copies of them.
@@ -295,16 +294,21 @@ mod imp {
             I: IntoIterator,
             I::Item: AsRef<[u8]>,
         {
-            let huge = len >= HUGE_PAGE;
-            let mapped_len = if huge {
-                len.next_multiple_of(HUGE_PAGE)
-            } else {
-                len
-            };
-            let mut map = MmapOptions::new().len(mapped_len).map_anon()?;
-            if huge {
+            // NB: a length of whole huge pages makes the kernel align the mapping to them. Only the
+            // huge pages the text fills are asked for; the rest of it is in 4 KiB pages, and the
+            // rest of the mapping is never touched, so nothing is wasted.
+            let huge_len = len / HUGE_PAGE * HUGE_PAGE;
+            let mut map = MmapOptions::new()
+                .len(if huge_len > 0 {
+                    len.next_multiple_of(HUGE_PAGE)
+                } else {
+                    len
+                })
+                .map_anon()?;
+            if huge_len > 0 {
                 // NB: where transparent huge pages are off, this fails and 4 KiB pages work too.
-                let _ = map.advise(Advice::HugePage);
+                let _ = map.advise_range(Advice::HugePage, 0, huge_len);
+                let _ = map.advise_range(Advice::NoHugePage, huge_len, map.len() - huge_len);
             }
             let mut ends = Vec::new();
             let mut written = 0;
