@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock};
 use std::task::{Context, Poll, ready};
 
@@ -38,6 +38,14 @@ const MIN_SHARED_LEN: usize = 256 * 1024;
 /// Slices shorter than this are written (copied) with the others around them, in one `writev`;
 /// splicing each would cost more calls than the copy.
 const MIN_SPLICE_LEN: usize = 64 * 1024;
+
+/// At most this many connections hold a pipe at once (two file descriptors each, counted in the
+/// open-file budget of `http::server`); the others copy. A pipe stays with its connection, and
+/// Prometheus, which asks for gzip over a few connections, needs few.
+pub const MAX_PIPES: usize = 64;
+
+/// Pipes open now.
+static OPEN_PIPES: AtomicUsize = AtomicUsize::new(0);
 
 /// Every live mapping, by start address, with its length.
 static MAPPINGS: RwLock<BTreeMap<usize, usize>> = RwLock::new(BTreeMap::new());
@@ -107,9 +115,10 @@ pub struct Stream {
 /// The pipe a connection splices through, opened on its first long slice.
 #[derive(Debug)]
 enum Pipe {
+    /// Not needed yet, or [`MAX_PIPES`] were open when it was.
     Unopened,
     Open {
-        pipe: imp::Pipe,
+        pipe: Budgeted,
         /// Bytes in the pipe, already accepted from hyper, not yet in the socket.
         queued: usize,
     },
@@ -146,10 +155,26 @@ impl Stream {
         Poll::Ready(Ok(()))
     }
 
+    /// Whether the connection has a pipe, opening one if it has none and the budget allows.
+    fn has_pipe(&mut self) -> bool {
+        if matches!(self.pipe, Pipe::Unopened) {
+            match Budgeted::open() {
+                Ok(Some(pipe)) => self.pipe = Pipe::Open { pipe, queued: 0 },
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::debug!(error = %error, "Cannot open a pipe for splicing; this connection copies from now on.");
+                    self.pipe = Pipe::Unavailable;
+                }
+            }
+        }
+        matches!(self.pipe, Pipe::Open { .. })
+    }
+
     /// Queues as much of `slice` as the pipe takes and sends it on while the socket takes it: how much
     /// was accepted. An error means that splicing does not work here, and nothing was accepted.
     ///
-    /// The caller holds the read lock of `mappings` and has found `slice` in it; the pipe is empty.
+    /// The caller holds the read lock of `mappings` and has found `slice` in it; the pipe is open and
+    /// empty.
     fn splice(
         &mut self,
         cx: &mut Context<'_>,
@@ -157,16 +182,10 @@ impl Stream {
         slice: &[u8],
     ) -> io::Result<usize> {
         debug_assert!(is_spliceable(mappings, slice));
-        if matches!(self.pipe, Pipe::Unopened) {
-            self.pipe = Pipe::Open {
-                pipe: imp::Pipe::open()?,
-                queued: 0,
-            };
-        }
         let mut accepted = 0;
         while accepted < slice.len() {
             let Pipe::Open { pipe, queued } = &mut self.pipe else {
-                unreachable!("opened above");
+                unreachable!("the caller opened it");
             };
             let moved = match pipe.queue(&slice[accepted..]) {
                 Ok(0) if accepted == 0 => return Err(io::Error::other("the pipe took nothing")),
@@ -186,6 +205,41 @@ impl Stream {
             }
         }
         Ok(accepted)
+    }
+}
+
+/// A pipe counted in [`OPEN_PIPES`] while it is open.
+#[derive(Debug)]
+struct Budgeted(imp::Pipe);
+
+impl Budgeted {
+    /// A pipe, or `None` if [`MAX_PIPES`] are open.
+    fn open() -> io::Result<Option<Self>> {
+        if OPEN_PIPES.fetch_add(1, Ordering::Relaxed) >= MAX_PIPES {
+            OPEN_PIPES.fetch_sub(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        match imp::Pipe::open() {
+            Ok(pipe) => Ok(Some(Self(pipe))),
+            Err(error) => {
+                OPEN_PIPES.fetch_sub(1, Ordering::Relaxed);
+                Err(error)
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Budgeted {
+    type Target = imp::Pipe;
+
+    fn deref(&self) -> &imp::Pipe {
+        &self.0
+    }
+}
+
+impl Drop for Budgeted {
+    fn drop(&mut self) {
+        OPEN_PIPES.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -226,6 +280,7 @@ impl AsyncWrite for Stream {
         if let Some(first) = rest.first()
             && can_splice
             && is_spliceable(&mappings, first)
+            && this.has_pipe()
         {
             match this.splice(cx, &mappings, first) {
                 Ok(accepted) => return Poll::Ready(Ok(accepted)),
@@ -567,6 +622,49 @@ mod tests {
             "what was sent is what arrives"
         );
         drop(others);
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_pipe_budget_copy_and_a_closed_one_frees_its_pipe() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        // Arrange
+        let text: Vec<u8> = (0..MIN_SHARED_LEN).map(|i| (i % 239) as u8).collect();
+        let shared = share(text.len(), [&text]).unwrap().pop().unwrap();
+        /// Sends the text over a new connection, which it returns with whether it holds a pipe.
+        async fn send(shared: &Bytes, text: &[u8]) -> (Stream, bool) {
+            let (mut client, mut server) = connected(false).await;
+            let mut received = Vec::new();
+            let send = async {
+                server.write_all(shared).await.unwrap();
+                server.shutdown().await.unwrap();
+            };
+            let (_, read) = tokio::join!(send, client.read_to_end(&mut received));
+            read.unwrap();
+            assert!(received == text, "the text arrives either way");
+            let piped = matches!(server.pipe, Pipe::Open { .. });
+            (server, piped)
+        }
+
+        // Act: connections that keep their pipes, until one gets none.
+        let mut open = Vec::new();
+        let without_pipe = loop {
+            let (server, piped) = send(&shared, &text).await;
+            if !piped {
+                break server;
+            }
+            open.push(server);
+            assert!(open.len() <= MAX_PIPES, "no more than the budget");
+        };
+        drop(open);
+        let (_after, piped_after) = send(&shared, &text).await;
+
+        // Assert: other tests running alongside hold a pipe or two at most.
+        assert!(
+            matches!(without_pipe.pipe, Pipe::Unopened),
+            "may try again later"
+        );
+        assert!(piped_after, "closed connections give their pipes back");
     }
 
     #[test]

@@ -206,8 +206,8 @@ pub async fn serve(
 }
 
 /// File descriptors the process needs besides its connections: the listener, logs, the Admin API
-/// client's connections, the runtime's own.
-const OTHER_FILES: usize = 64;
+/// client's connections, the runtime's own, and the pipes that connections splice through.
+const OTHER_FILES: usize = 64 + 2 * crate::zero_copy::MAX_PIPES;
 
 /// With an open-file limit below the connection limit, connections are refused by the kernel before
 /// the connection limit closes any, and probes starve again: say so at start-up.
