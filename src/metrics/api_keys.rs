@@ -311,10 +311,8 @@ impl RenderedOrganization {
         }
         expires_in.text.shrink_to_fit();
         expires_in.ends.shrink_to_fit();
-        let mut gzipped: Vec<_> = families.into_iter().map(gzip::PartWriter::finish).collect();
-        gzip::Deflated::share_all(&mut gzipped);
         Self {
-            gzipped,
+            gzipped: families.into_iter().map(gzip::PartWriter::finish).collect(),
             plain: Mutex::default(),
             expires_in_cache: Mutex::new(None),
             expires_in,
@@ -411,10 +409,7 @@ impl RenderedOrganization {
             let gzipped = cached.gzipped.get_or_insert_with(|| {
                 let mut writer = gzip::PartWriter::new(gzip::PER_SCRAPE);
                 self.expires_in.write(now, &mut writer);
-                let mut gzipped = [writer.finish()];
-                gzip::Deflated::share_all(&mut gzipped);
-                let [gzipped] = gzipped;
-                gzipped
+                writer.finish()
             });
             body.push_deflated(gzipped);
         } else {

@@ -68,20 +68,6 @@ impl Deflated {
         Self::with_crc(Bytes::from(bytes), crc)
     }
 
-    /// The parts' compressed bytes moved into one mapping of their own, if they are long enough
-    /// together, so that scrapes splice them into the socket instead of copying them (see
-    /// [`crate::zero_copy`]).
-    pub(crate) fn share_all(parts: &mut [Self]) {
-        let len = parts.iter().map(|part| part.bytes.len()).sum();
-        let Some(shared) = crate::zero_copy::share(len, parts.iter().map(|part| &part.bytes))
-        else {
-            return;
-        };
-        for (part, bytes) in parts.iter_mut().zip(shared) {
-            part.bytes = bytes;
-        }
-    }
-
     /// The length of the text this part holds.
     pub(crate) fn text_len(&self) -> usize {
         self.crc.amount() as usize

@@ -478,9 +478,9 @@ async fn keys_that_disappear_vanish_at_the_next_successful_poll() {
 }
 
 #[tokio::test]
-async fn large_bodies_are_spliced_from_their_mappings_and_the_plain_one_reads_as_the_gzip_one() {
-    // Arrange: enough keys, with random IDs and names that compress as badly as real ones, that
-    // both the text and the compressed families are mapped rather than kept on the heap.
+async fn a_large_plain_body_is_spliced_from_its_mapping_and_reads_as_the_gzip_body() {
+    // Arrange: enough keys, with random IDs and names as long as real ones, that the families' text
+    // is mapped rather than kept on the heap.
     let mut random = fastrand::Rng::with_seed(10);
     let mut random_text = || -> String { (0..24).map(|_| random.alphanumeric()).collect() };
     let keys: Vec<Value> = (0..4000)
@@ -501,9 +501,7 @@ async fn large_bodies_are_spliced_from_their_mappings_and_the_plain_one_reads_as
     let sent = anthropic_keys_exporter::zero_copy::spliced() - sent_before;
     // NB: on the same connection, so a response left half in the pipe would hold up the next.
     let again = app.get("/metrics").await.text().await.unwrap();
-    let before_gzip = anthropic_keys_exporter::zero_copy::spliced();
     let gzipped = app.get_gzip("/metrics").await.bytes().await.unwrap();
-    let sent_gzip = anthropic_keys_exporter::zero_copy::spliced() - before_gzip;
 
     // Assert
     assert!(
@@ -515,11 +513,7 @@ async fn large_bodies_are_spliced_from_their_mappings_and_the_plain_one_reads_as
         stable_lines(&again) == stable_lines(&plain),
         "the next scrape on the connection"
     );
-    assert!(
-        sent_gzip as usize > gzipped.len() / 2,
-        "{sent_gzip} of {} gzip bytes were spliced",
-        gzipped.len()
-    );
+
     assert_eq!(
         plain.matches("anthropic_api_key_info{").count(),
         keys.len(),
