@@ -1,24 +1,24 @@
-//! Large bodies handed to the kernel by reference (`vmsplice(2)` and `splice(2)`) instead of being
-//! copied into the socket.
+//! Large plain-text bodies handed to the kernel by reference (`vmsplice(2)` and `splice(2)`)
+//! instead of being copied into the socket.
 //!
-//! A scrape without gzip of a 10,000-key organization is 10 MB, and its gzip body 1.2 MB. Written
-//! from the heap, every byte is copied into the socket's buffer, and that copy was most of what a
-//! plain scrape cost (3.4 times the CPU of nginx serving the same file with `sendfile`) and 40 % of
-//! a gzip one. So a large text, or the compressed parts of one, is copied once into a mapping of its
-//! own, made read-only: the rest of the program sees ordinary [`Bytes`], and [`Stream`], the
-//! connection under hyper, recognises a slice of such a mapping when hyper writes it and moves
-//! references to its pages through a pipe into the socket.
+//! A scrape without gzip of a 10,000-key organization is 10 MB. Written from the heap, every byte
+//! is copied into the socket's buffer, and that copy was most of what such a scrape cost: 3.4 times
+//! the CPU of nginx serving the same file with `sendfile`. So a large text is copied once into a
+//! mapping of its own, made read-only: the rest of the program sees ordinary [`Bytes`], and
+//! [`Stream`], the connection under hyper, recognises a slice of such a mapping when hyper writes
+//! it and moves references to its pages through a pipe into the socket.
 //!
-//! A mapping asks for transparent huge pages for every whole 2 MiB its text fills: a socket buffer of
-//! 2 MiB pages costs the receiver less to copy out than one of 4 KiB pages, and a memory file (as with
-//! `sendfile`) is looked up and referenced page by page. On one loopback connection sending 10 MB bodies, sender and
-//! receiver together spent 4.2 ms per body this way against 6.6 ms with `sendfile` of an ext4 file.
+//! A mapping asks for transparent huge pages for every whole 2 MiB its text fills. A memory file,
+//! as with `sendfile`, is looked up and referenced page by page (shared memory gets 4 KiB pages
+//! unless the administrator enables more), and a socket buffer of 2 MiB pages costs the receiver
+//! less to copy out. On one loopback connection sending 10 MB bodies, sender and receiver together
+//! spent 4.2–5.1 ms per body this way against 5.8–6.6 ms with `sendfile` of an ext4 file.
 //!
 //! Safe because the pages never change: a mapping is read-only from the moment it is listed and is
-//! only ever unmapped, never reused, so pages still referenced by a pipe or a socket buffer when the
-//! text is dropped keep what was sent (heap memory, which the allocator reuses, is never spliced).
-//! Anywhere this cannot work (no `vmsplice`, out of file descriptors, TLS, another OS), the text stays
-//! on the heap or is copied as before.
+//! only ever unmapped, never reused, so pages still referenced by a pipe or a socket buffer when
+//! the text is dropped keep what was sent (heap memory, which the allocator reuses, is never
+//! spliced). Anywhere this cannot work (no `vmsplice`, out of file descriptors, TLS, another OS),
+//! the text stays on the heap or is copied as before.
 
 use std::collections::BTreeMap;
 use std::io::{self, IoSlice};
