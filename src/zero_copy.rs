@@ -271,14 +271,12 @@ impl AsyncWrite for Stream {
         // NB: what the pipe holds goes first, or the body would arrive out of order.
         ready!(this.poll_send_queued(cx))?;
         let mappings = MAPPINGS.read().unwrap_or_else(PoisonError::into_inner);
-        let can_splice = !matches!(this.pipe, Pipe::Unavailable);
         let first = bufs
             .iter()
             .position(|buf| !buf.is_empty())
             .unwrap_or(bufs.len());
         let rest = &bufs[first..];
         if let Some(first) = rest.first()
-            && can_splice
             && is_spliceable(&mappings, first)
             && this.has_pipe()
         {
@@ -416,8 +414,8 @@ mod imp {
         pub(super) fn open() -> io::Result<Self> {
             let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
             // NB: with the default 64 KiB, a 10 MB scrape took about an eighth more CPU, in many
-            // more system calls and wake-ups. Where the system allows less (`/proc/sys/fs/pipe-max-size`, the
-            // pipe pages a user may have), the default works too.
+            // more system calls and wake-ups. Where the system allows less
+            // (`/proc/sys/fs/pipe-max-size`, the pipe pages a user may have), the default works too.
             if let Err(error) = rustix::pipe::fcntl_setpipe_size(&write, PIPE_CAPACITY) {
                 tracing::debug!(error = %error, "Cannot enlarge a pipe for splicing; it stays as it is.");
             }
