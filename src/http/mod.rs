@@ -1,6 +1,7 @@
 //! The HTTP surface: metrics, health and readiness, and a landing page.
 
 pub mod auth;
+mod batch;
 pub mod server;
 pub mod web_config;
 
@@ -150,7 +151,8 @@ async fn hold_a_request_permit(
     })
 }
 
-/// A response body that holds a request permit until it has been sent to the end or dropped.
+/// A response body that holds a request permit until its last bytes have been written or it is
+/// dropped.
 struct PermitBody {
     inner: Body,
     permit: Option<OwnedSemaphorePermit>,
@@ -164,11 +166,25 @@ impl HttpBody for PermitBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            self.permit = None;
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            // NB: hyper drops the body once it has its last frame, before writing it; the permit
+            // goes with that frame's bytes, which hyper lets go of once they are written.
+            Poll::Ready(Some(Ok(frame))) if frame.is_data() && self.inner.is_end_stream() => {
+                let permit = self.permit.take();
+                Poll::Ready(Some(Ok(frame.map_data(|data| match permit {
+                    Some(permit) => Bytes::from_owner(HoldingPermit {
+                        data,
+                        _permit: permit,
+                    }),
+                    None => data,
+                }))))
+            }
+            polled @ Poll::Ready(None | Some(Err(_))) => {
+                self.permit = None;
+                polled
+            }
+            polled => polled,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -177,6 +193,18 @@ impl HttpBody for PermitBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The last bytes of a response, holding its request permit until they have been written.
+struct HoldingPermit {
+    data: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for HoldingPermit {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
     }
 }
 
@@ -277,44 +305,21 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
 }
 
 /// A body of chunks whose total length is known: sent with `Content-Length` rather than chunked, so
-/// that hyper writes the shared chunks as they are, without framing each one.
+/// that hyper writes the shared chunks as they are, without framing each one. Each chunk is a frame;
+/// [`batch::Batched`] hands them to hyper together.
 #[derive(Debug)]
 struct Chunks {
-    chunks: std::iter::Peekable<std::vec::IntoIter<Bytes>>,
+    chunks: std::vec::IntoIter<Bytes>,
     remaining: u64,
 }
-
-/// Runs of chunks shorter than this are copied into one frame of up to [`FRAME`] bytes: hyper writes
-/// each frame that does not fit its write buffer (as large as the header limit) with a syscall of its
-/// own, and a body has dozens of small chunks (family headers, small families; thousands with many
-/// organizations) between the large ones. Copied as the body is sent, one frame at a time, so a
-/// response in flight holds one frame, not a copy of the body.
-const SMALL_CHUNK: usize = 16 * 1024;
-const FRAME: usize = 64 * 1024;
 
 impl Chunks {
     fn new(chunks: Vec<Bytes>) -> Self {
         let remaining = chunks.iter().map(|chunk| chunk.len() as u64).sum();
         Self {
-            chunks: chunks.into_iter().peekable(),
+            chunks: chunks.into_iter(),
             remaining,
         }
-    }
-
-    fn next_frame(&mut self) -> Option<Bytes> {
-        let first = self.chunks.find(|chunk| !chunk.is_empty())?;
-        if first.len() >= SMALL_CHUNK {
-            return Some(first);
-        }
-        let mut frame = Vec::with_capacity(FRAME);
-        frame.extend_from_slice(&first);
-        while let Some(next) = self
-            .chunks
-            .next_if(|next| next.len() < SMALL_CHUNK && frame.len() + next.len() <= FRAME)
-        {
-            frame.extend_from_slice(&next);
-        }
-        Some(Bytes::from(frame))
     }
 }
 
@@ -326,11 +331,11 @@ impl HttpBody for Chunks {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let next = self.next_frame();
-        if let Some(frame) = &next {
-            self.remaining -= frame.len() as u64;
+        let next = self.chunks.find(|chunk| !chunk.is_empty());
+        if let Some(chunk) = &next {
+            self.remaining -= chunk.len() as u64;
         }
-        Poll::Ready(next.map(|frame| Ok(Frame::data(frame))))
+        Poll::Ready(next.map(|chunk| Ok(Frame::data(chunk))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -400,27 +405,6 @@ mod tests {
     use super::*;
     use tower::ServiceExt;
 
-    #[test]
-    fn a_body_of_chunks_is_sent_whole_in_frames_of_bounded_size() {
-        let mut chunks = vec![Bytes::from_static(b"# HELP a\n"), Bytes::new()];
-        chunks.push(Bytes::from(vec![b'x'; 3 * SMALL_CHUNK]));
-        chunks.extend((0..200).map(|i| Bytes::from(format!("{i:01000}\n"))));
-        let expected: Vec<u8> = chunks.concat();
-        let mut body = Chunks::new(chunks);
-        assert_eq!(body.size_hint().exact(), Some(expected.len() as u64));
-
-        let mut sent = Vec::new();
-        let mut frames = 0;
-        while let Some(frame) = body.next_frame() {
-            assert!(frame.len() <= FRAME.max(3 * SMALL_CHUNK), "{}", frame.len());
-            sent.extend_from_slice(&frame);
-            frames += 1;
-        }
-
-        assert_eq!(sent, expected);
-        assert!(frames <= 6, "small chunks are joined: {frames} frames");
-    }
-
     #[tokio::test]
     async fn a_request_counts_against_the_limit_until_its_body_is_sent_or_dropped() {
         // Arrange
@@ -436,16 +420,18 @@ mod tests {
         let first = router.clone().oneshot(request("/scrape")).await.unwrap();
         let while_first_unsent = router.clone().oneshot(request("/scrape")).await.unwrap();
         let probe = router.clone().oneshot(request("/healthz")).await.unwrap();
+        // NB: the permit goes with the last bytes; a copy lets go of them, as a written socket does.
         let body = axum::body::to_bytes(first.into_body(), usize::MAX)
             .await
-            .unwrap();
+            .unwrap()
+            .to_vec();
         let after_first_sent = router.clone().oneshot(request("/scrape")).await.unwrap();
         let while_second_unsent = router.clone().oneshot(request("/scrape")).await.unwrap();
         drop(after_first_sent);
         let after_second_dropped = router.clone().oneshot(request("/scrape")).await.unwrap();
 
         // Assert
-        assert_eq!(body, "done");
+        assert_eq!(body, b"done");
         assert_eq!(while_first_unsent.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(probe.status(), StatusCode::OK, "probes are not counted");
         assert_eq!(

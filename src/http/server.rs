@@ -20,7 +20,9 @@ use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
+use super::batch::Batched;
 use super::is_probe_path;
 use super::web_config::WebConfigSource;
 
@@ -155,7 +157,9 @@ pub async fn serve(
         let mut stream = TimeoutStream::new(crate::zero_copy::Stream::new(stream));
         stream.set_write_timeout(Some(limits.write_timeout));
         let stream = Box::pin(stream);
-        let service = TowerToHyperService::new(service);
+        let service = TowerToHyperService::new(
+            ServiceExt::<Request<hyper::body::Incoming>>::map_response(service, batched),
+        );
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
@@ -250,6 +254,11 @@ fn http_builder(header_read_timeout: Duration, keep_alive: bool) -> http1::Build
     http
 }
 
+/// Frames that are ready together are written together (see [`super::batch`]).
+fn batched(response: Response) -> Response<Batched<axum::body::Body>> {
+    response.map(Batched::new)
+}
+
 /// On a probe slot, only health and readiness are answered.
 async fn only_probes(request: Request, next: Next) -> Response {
     if is_probe_path(request.uri().path()) {
@@ -298,7 +307,123 @@ impl Throttle {
 
 #[cfg(test)]
 mod tests {
+    use std::io::IoSlice;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use axum::body::{Body, Bytes};
+    use axum::routing::get;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+
     use super::*;
+
+    /// The server's end of an in-memory connection that takes every write whole, counting them: how
+    /// many times hyper flushed.
+    struct CountingWrites {
+        inner: DuplexStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for CountingWrites {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountingWrites {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let mut written = 0;
+            for buf in bufs {
+                match Pin::new(&mut self.inner).poll_write(cx, buf) {
+                    Poll::Ready(Ok(n)) if n == buf.len() => written += n,
+                    Poll::Ready(Ok(n)) => return Poll::Ready(Ok(written + n)),
+                    other if written == 0 => return other,
+                    _ => break,
+                }
+            }
+            Poll::Ready(Ok(written))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_of_many_parts_is_handed_to_one_vectored_write() {
+        // Arrange: a body of parts each larger than hyper's write buffer, as a gzip scrape's are.
+        let parts: Vec<Bytes> = (0..40u8)
+            .map(|i| Bytes::from(vec![b'a' + i % 26; 20_000]))
+            .collect();
+        let expected = parts.concat();
+        let router = Router::new().route(
+            "/",
+            get(move || {
+                let parts = parts.clone();
+                async move { Body::new(super::super::Chunks::new(parts)) }
+            }),
+        );
+        let (mut client, server) = tokio::io::duplex(4 << 20);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let server = CountingWrites {
+            inner: server,
+            writes: Arc::clone(&writes),
+        };
+        let service = TowerToHyperService::new(
+            ServiceExt::<Request<hyper::body::Incoming>>::map_response(router, batched),
+        );
+        let serving = tokio::spawn(
+            http_builder(HEADER_READ_TIMEOUT, false)
+                .serve_connection(TokioIo::new(server), service),
+        );
+
+        // Act
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        client.read_to_end(&mut response).await.unwrap();
+        serving.await.unwrap().unwrap();
+
+        // Assert
+        assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(response.ends_with(&expected), "the whole body, in order");
+        assert_eq!(
+            writes.load(Ordering::Relaxed),
+            1,
+            "the head and 40 parts in one write"
+        );
+    }
 
     #[test]
     fn the_soft_open_file_limit_is_read_from_proc() {
