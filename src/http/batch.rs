@@ -129,14 +129,6 @@ impl Batch {
     }
 }
 
-impl Extend<Bytes> for Batch {
-    fn extend<I: IntoIterator<Item = Bytes>>(&mut self, segments: I) {
-        for segment in segments {
-            self.push(segment);
-        }
-    }
-}
-
 impl Buf for Batch {
     fn remaining(&self) -> usize {
         self.remaining
@@ -201,19 +193,18 @@ impl BatchBuilder {
 
     /// Joins the run of small frames into one segment, allocated to its length.
     fn end_run(&mut self) {
-        match self.run.len() {
-            0 => {}
-            1 => self.batch.extend(self.run.drain(..)),
-            _ => {
-                let mut joined = Vec::with_capacity(self.run_len);
-                for frame in self.run.drain(..) {
-                    joined.extend_from_slice(&frame);
-                }
+        let segment = match self.run.as_slice() {
+            [] => return,
+            [single] => single.clone(),
+            run => {
+                let joined = run.concat();
                 self.copied += joined.len();
-                self.batch.push(Bytes::from(joined));
+                Bytes::from(joined)
             }
-        }
+        };
+        self.run.clear();
         self.run_len = 0;
+        self.batch.push(segment);
     }
 
     fn is_empty(&self) -> bool {
